@@ -1,0 +1,1 @@
+"""DCGAN on MNIST: the library behind the CLI, the DVC pipeline and the Prefect flow."""

@@ -1,0 +1,3 @@
+from dcgan.cli import app
+
+app(prog_name="dcgan")

@@ -1,0 +1,54 @@
+"""Training checkpoints: written atomically, loaded without unpickling (`weights_only=True`).
+
+A checkpoint holds everything a resumed run needs to continue bit for bit: both models, both optimizers, the
+step, the noise generator's RNG state, the params it was trained with and the MLflow run it logs to.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcgan.config import Params
+from dcgan.errors import CheckpointError
+from dcgan.files import atomic_path
+
+# Settings that change nothing about the weights at a given step: a checkpoint stays valid when they change.
+# (More epochs continue a run; the epoch order is a function of the seed and the epoch alone.)
+RESUMABLE_KEYS = {"train.epochs", "train.checkpoint_every", "train.log_every"}
+TRAINING_SECTIONS = ("seed", "data.", "model.", "train.")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: not a usable checkpoint (only plain tensors and containers are loaded): {err}"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "params" not in state:
+        raise CheckpointError(f"{path}: not a dcgan training checkpoint")
+    return state
+
+
+def training_settings(flat_params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in flat_params.items()
+        if key.startswith(TRAINING_SECTIONS) and key not in RESUMABLE_KEYS
+    }
+
+
+def resume_mismatch(state: dict[str, Any], params: Params) -> list[str]:
+    """The settings on which `state` and `params` differ, as 'key: checkpoint -> now'; empty when resumable."""
+    saved = training_settings(state["params"])
+    now = training_settings(params.flat())
+    return [f"{key}: {saved.get(key)!r} -> {now.get(key)!r}" for key in sorted(now) if saved.get(key) != now.get(key)]

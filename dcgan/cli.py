@@ -1,0 +1,76 @@
+"""`dcgan <stage>`: one short command per stage, each a call of the stage function in dcgan/.
+
+Heavy libraries are imported inside the commands, so that `dcgan --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dcgan.config import PARAMS_FILE, Params, Paths, load_params, parse_overrides
+from dcgan.errors import DcganError
+
+app = typer.Typer(help="DCGAN on MNIST: fetch, prepare, train, evaluate, export.", no_args_is_help=True)
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-S", help="Override a param, e.g. -S train.epochs=1 (repeatable).")
+]
+
+
+def _run(stage: Callable[[Params, Paths], Any], params_file: Path, overrides: list[str] | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(params_file, parse_overrides(overrides or []))
+        result = stage(params, Paths())
+    except DcganError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(err.exit_code) from None
+    typer.echo(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+
+
+@app.command()
+def fetch(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """Materialize the MNIST IDX files in data/raw/mnist (local folder or download), digests checked."""
+    from dcgan.data import fetch
+
+    _run(fetch, params_file, overrides)
+
+
+@app.command()
+def prepare(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """IDX files -> [-1, 1] tensors in data/prepared."""
+    from dcgan.data import prepare
+
+    _run(prepare, params_file, overrides)
+
+
+@app.command()
+def train(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """Train (or resume) the DCGAN, logging to MLflow."""
+    from dcgan.train import train
+
+    _run(train, params_file, overrides)
+
+
+@app.command()
+def evaluate(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """Sample grid and metrics of the trained generator."""
+    from dcgan.evaluate import evaluate
+
+    _run(evaluate, params_file, overrides)
+
+
+@app.command()
+def export(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """The generator to models/generator.onnx, checked for parity under ONNX Runtime."""
+    from dcgan.export import export
+
+    _run(export, params_file, overrides)

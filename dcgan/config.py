@@ -1,0 +1,194 @@
+"""Settings: `params.yaml` (plus dotted overrides) validated into one `Params` object.
+
+Every stage takes a `Params` and a `Paths`; nothing else reads `params.yaml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dcgan.errors import ParamsError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    # strict: a YAML string "128" is not a batch size; forbid: a typo is not a new key.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    image_size: int = 64
+    train_limit: int | None = Field(default=None, ge=1)
+    source_dir: str | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"must be a power of two >= 16, got {size}")
+        return size
+
+
+class ModelParams(_Section):
+    z_dim: int = Field(default=100, ge=1)
+    g_width: int = Field(default=64, ge=1)
+    d_width: int = Field(default=64, ge=1)
+    init_std: float = Field(default=0.02, gt=0)
+    leaky_slope: float = Field(default=0.2, ge=0, lt=1)
+
+
+class TrainParams(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.0002, gt=0)
+    # YAML has no tuple: accept the list it gives.
+    betas: tuple[float, float] = Field(default=(0.5, 0.99), strict=False)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(default=200, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"both betas must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class EvaluateParams(_Section):
+    n_samples: int = Field(default=64, ge=1)
+
+
+class ExportParams(_Section):
+    opset: int = Field(default=20, ge=18)
+    parity_atol: float = Field(default=1e-5, gt=0)
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _one_full_batch(self) -> Params:
+        limit = self.data.train_limit
+        if limit is not None and limit < self.train.batch_size:
+            raise ValueError(
+                f"data.train_limit ({limit}) is smaller than train.batch_size ({self.train.batch_size}): "
+                "training would have no full batch"
+            )
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The effective settings as dotted keys, e.g. {"train.lr": 0.0002}: what MLflow logs."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the stages read and write, relative to the project root (the working directory)."""
+
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw" / "mnist"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.models / "checkpoints"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def mlflow_run(self) -> Path:
+        return self.reports / "mlflow_run.json"
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read `path`, apply dotted `overrides` ({"train.epochs": 1}) and validate.
+
+    Raises ParamsError naming the file and the offending key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(path, err)) from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """["train.epochs=1", "data.train_limit=null"] -> {"train.epochs": 1, "data.train_limit": None}.
+
+    Values are read as YAML, as `dvc exp run -S` does.
+    """
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"override {pair!r}: expected KEY=VALUE, e.g. train.epochs=1")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"override {dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _describe(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid params"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message} (got {problem['input']!r})")
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero."""
+
+
+class DcganError(Exception):
+    """Base class: bad input or an unmet precondition, explained in the message."""
+
+    exit_code = 1
+
+
+class ParamsError(DcganError):
+    """Invalid params.yaml or override: the message names the file and key."""
+
+    exit_code = 2
+
+
+class DataError(DcganError):
+    """Missing, corrupt or unexpected data files: the message names the file."""
+
+
+class CheckpointError(DcganError):
+    """A checkpoint that cannot be used with these params."""
+
+
+class ParityError(DcganError):
+    """The exported model disagrees with the torch model beyond the tolerance."""

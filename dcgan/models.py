@@ -1,0 +1,110 @@
+"""DCGAN (Radford, Metz and Chintala, 2015) as in the seed: all-convolutional, no pooling, no linear layers.
+
+At 64 x 64 with width 64 (the seed):
+
+    Generator      z (N, z_dim, 1, 1)
+                   ConvT 4/1/0 -> 512 x 4 x 4   BN ReLU
+                   ConvT 4/2/1 -> 256 x 8 x 8   BN ReLU
+                   ConvT 4/2/1 -> 128 x 16 x 16 BN ReLU
+                   ConvT 4/2/1 ->  64 x 32 x 32 BN ReLU
+                   ConvT 4/2/1 ->   1 x 64 x 64 Tanh
+
+    Discriminator  x (N, 1, 64, 64)
+                   Conv 4/2/1 ->  64 x 32 x 32  LeakyReLU
+                   Conv 4/2/1 -> 128 x 16 x 16  BN LeakyReLU
+                   Conv 4/2/1 -> 256 x 8 x 8    BN LeakyReLU
+                   Conv 4/2/1 -> 512 x 4 x 4    BN LeakyReLU
+                   Conv 4/1/0 ->   1 x 1 x 1    (a logit; the seed's Sigmoid moves into BCEWithLogitsLoss)
+
+Other power-of-two sizes add or drop middle layers, doubling the width at each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from dcgan.config import ModelParams
+from dcgan.errors import CheckpointError
+
+
+def _n_middle_layers(image_size: int) -> int:
+    # The first layer makes (or the last consumes) 4 x 4; each middle and the outer layer double the size.
+    return image_size.bit_length() - 1 - 3
+
+
+class Generator(nn.Module):
+    def __init__(self, z_dim: int, width: int, image_size: int):
+        super().__init__()
+        n_mid = _n_middle_layers(image_size)
+        channels = [width * 2**i for i in range(n_mid, -1, -1)]  # seed: 512, 256, 128, 64
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, channels[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(channels[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.z_dim = z_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)  # N x z_dim x 1 x 1 -> N x 1 x S x S in [-1, 1]
+
+
+class Discriminator(nn.Module):
+    def __init__(self, width: int, image_size: int, leaky_slope: float):
+        super().__init__()
+        n_mid = _n_middle_layers(image_size)
+        channels = [width * 2**i for i in range(n_mid + 1)]  # seed: 64, 128, 256, 512
+        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 4, 2, 1, bias=False), nn.LeakyReLU(leaky_slope, True)]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [
+                nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.LeakyReLU(leaky_slope, True),
+            ]
+        layers += [nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=False)]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)  # N x 1 x S x S -> N logits
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x) as the seed defines it: the probability that x is real."""
+        return torch.sigmoid(self(x))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """The paper's init: conv weights N(0, std); BatchNorm scale N(1, 0.02), shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, std)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build_models(model: ModelParams, image_size: int) -> tuple[Generator, Discriminator]:
+    """Both networks, freshly initialised from the global torch RNG (seed it first)."""
+    generator = Generator(model.z_dim, model.g_width, image_size)
+    discriminator = Discriminator(model.d_width, image_size, model.leaky_slope)
+    for net in (generator, discriminator):
+        net.apply(lambda m: init_weights(m, model.init_std))
+    return generator, discriminator
+
+
+def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator:
+    """The generator saved by `train`, in eval mode; refuses weights of another architecture."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: run `dcgan train` first")
+    generator = Generator(model.z_dim, model.g_width, image_size)
+    try:
+        generator.load_state_dict(load_file(path))
+    except (RuntimeError, OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: does not fit a generator with these params: {err}") from None
+    return generator.eval()

@@ -1,0 +1,160 @@
+"""MLflow: where runs go, the run a pipeline shares across its stages, and what ties a run to code and data.
+
+One MLflow run per pipeline run: `train` starts it (or reopens it when resuming) and writes its id to
+`reports/mlflow_run.json`; `evaluate` and `export` log into the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from dcgan.config import Params, Paths
+from dcgan.errors import DcganError
+from dcgan.files import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "dcgan-mnist"
+
+
+def tracking_uri(paths: Paths) -> str:
+    """$MLFLOW_TRACKING_URI, else the SQLite store `mlflow.db` at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
+
+
+def use_experiment(paths: Paths) -> str:
+    """Point MLflow at this project's store and experiment; returns the experiment id."""
+    uri = tracking_uri(paths)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With the local store, artifacts live beside mlflow.db; a server decides for itself.
+    location = (paths.root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+@contextmanager
+def training_run(params: Params, paths: Paths, resume_run_id: str | None) -> Iterator[str]:
+    """Start the pipeline's MLflow run, or reopen `resume_run_id`; yields the run id.
+
+    Logs the effective params, the git commit and the DVC hashes of the data, and records the run id
+    for the later stages.
+    """
+    experiment_id = use_experiment(paths)
+    if resume_run_id and not _run_exists(resume_run_id):
+        log.warning("MLflow run %s of the checkpoint is not in %s: starting a new run", resume_run_id, tracking_uri(paths))
+        resume_run_id = None
+    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id) as run:
+        run_id = run.info.run_id
+        _log_new_params(run_id, params.flat())
+        raw_hash, prepared_hash = dvc_hash(paths.raw), dvc_hash(paths.prepared)
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(paths.root),
+                "data.raw.dvc_md5": raw_hash,
+                "data.prepared.dvc_md5": prepared_hash,
+            }
+        )
+        mlflow.log_input(
+            MetaDataset(LocalArtifactDatasetSource(str(paths.prepared)), name="mnist-prepared", digest=prepared_hash),
+            context="training",
+        )
+        write_json_atomic(paths.mlflow_run, {"run_id": run_id, "experiment_id": experiment_id})
+        yield run_id
+
+
+@contextmanager
+def pipeline_run(paths: Paths) -> Iterator[str]:
+    """Reopen the run `train` started (for evaluate and export); yields the run id."""
+    try:
+        run_id = json.loads(paths.mlflow_run.read_text())["run_id"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DcganError(f"{paths.mlflow_run}: no MLflow run recorded ({err}): run `dcgan train` first") from None
+    use_experiment(paths)
+    if not _run_exists(run_id):
+        raise DcganError(f"{paths.mlflow_run}: MLflow run {run_id} is not in {tracking_uri(paths)}")
+    with mlflow.start_run(run_id=run_id):
+        yield run_id
+
+
+def log_step_metrics(run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+    """Log many steps' metrics in one request: [(step, {"loss_d": ...}), ...]."""
+    timestamp = _now_ms()
+    metrics = [Metric(key, value, timestamp, step) for step, values in rows for key, value in values.items()]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):  # the tracking API's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], synchronous=True)
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, suffixed '-dirty' when tracked files have changes; 'unknown' outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_hash(path: Path) -> str:
+    """The md5 DVC records for `path`: of the bytes for a file, of the sorted listing (".dir") for a folder."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    if path.is_file():
+        return _md5(path)
+    tree = Tree()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        tree.add(file.relative_to(path).parts, Meta(size=file.stat().st_size), HashInfo("md5", _md5(file)))
+    tree.digest()
+    assert tree.hash_info is not None and tree.hash_info.value is not None
+    return tree.hash_info.value
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _log_new_params(run_id: str, flat: dict[str, Any]) -> None:
+    """Log the params; on a resumed run keep the first values (MLflow params are immutable) and say so."""
+    logged = mlflow.get_run(run_id).data.params
+    changed = {k: v for k, v in flat.items() if k in logged and logged[k] != str(v)}
+    if changed:
+        log.warning("resumed run keeps its logged params; now also: %s", changed)
+        mlflow.set_tag("resumed_with", json.dumps(changed, sort_keys=True))
+    mlflow.log_params({k: v for k, v in flat.items() if k not in logged})
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

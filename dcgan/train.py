@@ -1,0 +1,232 @@
+"""The training loop, read top to bottom: the seed's DCGAN step, checkpoints, MLflow.
+
+    data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
+                                       models/checkpoints/last.pt   (resumed when the params match)
+                                       reports/losses.csv           (per-step losses, a DVC plot)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from dcgan import tracking
+from dcgan.checkpoint import load_checkpoint, resume_mismatch, save_checkpoint
+from dcgan.config import Params, Paths
+from dcgan.data import epoch_order, load_prepared
+from dcgan.errors import DcganError
+from dcgan.files import atomic_path, write_bytes_atomic
+from dcgan.models import Discriminator, Generator, build_models
+from dcgan.pictures import sample_grid
+
+log = logging.getLogger(__name__)
+
+METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
+GRID_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    steps: int
+    resumed_from: int  # 0 for a fresh run
+    final: dict[str, float]  # the last step's METRICS
+    images_per_second: float
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DcganError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 where the hardware computes it natively."""
+    native_bf16 = (
+        torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+    )
+    if choice == "bf16" or (choice == "auto" and native_bf16):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[None]:
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def train_step(
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    z: torch.Tensor,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """One step of the seed: D on a real and a fake batch, then G with the non-saturating loss.
+
+    Returns the detached METRICS as one tensor, so that the caller decides when to sync with the host.
+    """
+    ones = torch.ones(len(real), device=real.device)
+    zeros = torch.zeros(len(real), device=real.device)
+
+    # (1) D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D separately, as in the
+    # seed, so that each BatchNorm batch holds one kind of image.
+    with autocast(real.device, dtype):
+        fake = generator(z)  # B x 1 x S x S
+        logits_real = discriminator(real)  # B
+        logits_fake = discriminator(fake.detach())  # B
+        loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + F.binary_cross_entropy_with_logits(
+            logits_fake, zeros
+        )
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # (2) G: maximise log D(G(z)) (the non-saturating loss), against the D just updated.
+    with autocast(real.device, dtype):
+        loss_g = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+
+    d_real, d_fake = torch.sigmoid(logits_real.detach()).mean(), torch.sigmoid(logits_fake.detach()).mean()
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake]).float()
+
+
+def train(params: Params, paths: Paths) -> TrainResult:
+    """Train (or resume) the DCGAN on the prepared data, logging to the pipeline's MLflow run."""
+    cfg = params.train
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    images, _ = load_prepared(paths, "train", params.data.image_size)
+    images = images.to(device)  # N x 1 x S x S, resident on the device: no DataLoader
+    steps_per_epoch = len(images) // cfg.batch_size  # the last partial batch is dropped (BatchNorm)
+    total_steps = cfg.epochs * steps_per_epoch
+    log.info("device %s, precision %s, %d steps of %d images", device, dtype or "fp32", total_steps, cfg.batch_size)
+
+    torch.manual_seed(params.seed)
+    generator, discriminator = build_models(params.model, params.data.image_size)
+    generator.to(device)
+    discriminator.to(device)
+    fused = device.type == "cuda"
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    noise = torch.Generator(device).manual_seed(params.seed)
+    # The grid's latents come from their own RNG so that a resumed run shows the same digits.
+    fixed_z = torch.randn(GRID_SIZE, params.model.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
+    fixed_z = fixed_z.to(device)
+    history = torch.zeros(total_steps, len(METRICS))  # per-step METRICS, kept in the checkpoint
+
+    step, run_id = 0, None
+    last = paths.checkpoints / "last.pt"
+    if last.exists():
+        state = load_checkpoint(last)
+        mismatch = resume_mismatch(state, params)
+        if mismatch:
+            log.warning("%s: not resuming, the params differ (%s): training from scratch", last, "; ".join(mismatch))
+        else:
+            generator.load_state_dict(state["generator"])
+            discriminator.load_state_dict(state["discriminator"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            noise.set_state(state["noise_rng"])
+            step, run_id = min(state["step"], total_steps), state["mlflow_run_id"]
+            done = state["history"][:total_steps]
+            history[: len(done)] = done
+            log.warning("%s: resuming at step %d of %d", last, step, total_steps)
+    resumed_from = step
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            last,
+            {
+                "generator": generator.state_dict(),
+                "discriminator": discriminator.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "noise_rng": noise.get_state(),
+                "step": step,
+                "history": history[:step].clone(),
+                "params": params.flat(),
+                "mlflow_run_id": run_id,
+            },
+        )
+
+    with tracking.training_run(params, paths, run_id) as run_id:
+        generator.train()
+        discriminator.train()
+        pending = []  # (step, metrics on the device) not yet logged: one host sync per log_every steps
+        started, first_step = time.perf_counter(), step
+        order = epoch_order(len(images), params.seed, step // steps_per_epoch).to(device)
+        with tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+            while step < total_steps:
+                epoch, i = divmod(step, steps_per_epoch)
+                if i == 0:
+                    order = epoch_order(len(images), params.seed, epoch).to(device)
+                real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]  # B x 1 x S x S
+                z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)
+                pending.append(train_step(generator, discriminator, opt_g, opt_d, real, z, dtype))
+                step += 1
+                bar.update()
+
+                end_of_epoch = step % steps_per_epoch == 0
+                if step % cfg.log_every == 0 or end_of_epoch or step == total_steps:
+                    values = torch.stack(pending).cpu()  # the host sync
+                    first = step - len(pending)
+                    history[first:step] = values
+                    rows = [(first + 1 + k, dict(zip(METRICS, v))) for k, v in enumerate(values.tolist())]
+                    tracking.log_step_metrics(run_id, rows)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in rows[-1][1].items()}, refresh=False)
+                    pending.clear()
+                if end_of_epoch:
+                    log_sample_grid(generator, fixed_z, epoch + 1)
+                if end_of_epoch or step % cfg.checkpoint_every == 0 or step == total_steps:
+                    checkpoint()
+
+        trained = step - first_step
+        images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
+        if trained:
+            mlflow.log_metric("images_per_second", images_per_second, step=step)
+        save_weights(paths, generator, discriminator, params)
+        write_losses_csv(paths.reports / "losses.csv", history)
+        for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
+            mlflow.log_artifact(str(path), artifact_path="weights")
+
+    final = dict(zip(METRICS, history[-1].tolist()))
+    return TrainResult(run_id, step, resumed_from, final, images_per_second)
+
+
+def log_sample_grid(generator: Generator, z: torch.Tensor, epoch: int) -> None:
+    mlflow.log_image(sample_grid(generator, z).numpy(), key="samples", step=epoch)
+
+
+def save_weights(paths: Paths, generator: Generator, discriminator: Discriminator, params: Params) -> None:
+    metadata = {"params": json.dumps(params.flat(), sort_keys=True)}
+    for name, net in (("generator", generator), ("discriminator", discriminator)):
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        with atomic_path(paths.models / f"{name}.safetensors") as tmp:
+            save_file(tensors, tmp, metadata=metadata)
+
+
+def write_losses_csv(path: Path, history: torch.Tensor) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", *METRICS])
+    for step, row in enumerate(history.tolist(), start=1):
+        writer.writerow([step, *(f"{v:.6g}" for v in row)])
+    write_bytes_atomic(path, out.getvalue().encode())

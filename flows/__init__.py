@@ -1,0 +1,1 @@
+"""Prefect flows. The `train-dcgan` flow and its deployment come with their own issue."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny configuration and a project folder holding the fixture's MNIST slice."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from dcgan.config import Params, Paths, load_params  # noqa: E402
+from dcgan.data import fetch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_DIR = Path(__file__).parent / "fixtures" / "mnist"
+# SHA-256 of the fixture's uncompressed files (see fixtures/mnist/README.md).
+FIXTURE_SHA256 = {
+    "train-images-idx3-ubyte": "dc15d0b5d1b0c2e3735e17f364421a17ca95485dfe2e28bf4e8cc1c45b02bb2f",
+    "train-labels-idx1-ubyte": "ac62e054281959338268df783398afca3e2244b1de6612e7140bd02995181396",
+    "t10k-images-idx3-ubyte": "d13186a8171483437b6a936d3a0131b2bb83cc7008923c4be04f42b173a18935",
+    "t10k-labels-idx1-ubyte": "7b7f0b73a7c9b36bc8377eb426dd6f4a2b668c90185f8f8f4175105f0d84fb0f",
+}
+
+# Small enough for seconds on 2 cores: 16 x 16 images, 8 steps an epoch.
+TINY = {
+    "seed": 0,
+    "data": {"image_size": 16, "train_limit": 256, "source_dir": None},
+    "model": {"z_dim": 8, "g_width": 8, "d_width": 8, "init_std": 0.02, "leaky_slope": 0.2},
+    "train": {
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.0002,
+        "betas": [0.5, 0.99],
+        "device": "cpu",
+        "precision": "fp32",
+        "checkpoint_every": 5,
+        "log_every": 4,
+    },
+    "evaluate": {"n_samples": 16},
+    "export": {"opset": 20, "parity_atol": 1.0e-5},
+}
+
+
+def write_params(root: Path, tree: dict = TINY, **overrides: object) -> Params:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return load_params(root / "params.yaml", overrides)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "DCGAN_MNIST_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Paths:
+    """A project root with tiny params.yaml and the fixture's IDX files fetched into data/raw/mnist."""
+    write_params(tmp_path)
+    fetch(load_params(tmp_path / "params.yaml", {"data.source_dir": str(FIXTURE_DIR)}), Paths(tmp_path), FIXTURE_SHA256)
+    return Paths(tmp_path)
+
+
+@pytest.fixture
+def tiny(project: Paths) -> Params:
+    return load_params(project.root / "params.yaml")

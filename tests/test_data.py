@@ -1,0 +1,155 @@
+import gzip
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcgan.config import Paths, load_params
+from dcgan.data import MNIST_SHA256, fetch, load_prepared, parse_idx, prepare
+from dcgan.errors import DataError
+
+from .conftest import FIXTURE_DIR, FIXTURE_SHA256, write_params
+
+FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def _source(tmp_path: Path, **edits: bytes) -> Path:
+    """A copy of the fixture, uncompressed, with some files' bytes replaced."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    for name in FIXTURE_SHA256:
+        data = edits.get(name) or gzip.decompress((FIXTURE_DIR / f"{name}.gz").read_bytes())
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _fetch(root: Path, source: Path, digests=FIXTURE_SHA256) -> None:
+    write_params(root)
+    fetch(load_params(root / "params.yaml", {"data.source_dir": str(source)}), Paths(root), digests)
+
+
+def _raw(name: str) -> bytes:
+    return gzip.decompress((FIXTURE_DIR / f"{name}.gz").read_bytes())
+
+
+def test_fetch_from_a_gzip_folder_writes_the_uncompressed_originals(project: Paths):
+    for name in FIXTURE_SHA256:
+        assert (project.raw / name).read_bytes() == _raw(name)
+    assert sorted(p.name for p in project.raw.iterdir()) == sorted(FIXTURE_SHA256)  # no temp files left
+
+
+def test_fetch_reads_the_environment_variable_and_keeps_good_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    write_params(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    monkeypatch.setenv("DCGAN_MNIST_DIR", str(_source(tmp_path)))
+    fetch(params, Paths(tmp_path), FIXTURE_SHA256)
+    before = {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw.iterdir()}
+    monkeypatch.setenv("DCGAN_MNIST_DIR", str(tmp_path / "gone"))  # present files need no source
+    fetch(params, Paths(tmp_path), FIXTURE_SHA256)
+    assert {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw.iterdir()} == before
+
+
+def test_fetch_refuses_a_wrong_digest_and_writes_nothing(tmp_path: Path):
+    with pytest.raises(DataError) as err:
+        _fetch(tmp_path / "project", _source(tmp_path), digests=MNIST_SHA256)
+    message = str(err.value)
+    name = "train-images-idx3-ubyte"
+    assert name in message and MNIST_SHA256[name] in message and FIXTURE_SHA256[name] in message
+    assert not list((tmp_path / "project" / "data" / "raw" / "mnist").glob("*"))
+
+
+def test_fetch_refuses_a_wrong_magic_number(tmp_path: Path):
+    bad = bytearray(_raw("train-labels-idx1-ubyte"))
+    bad[3] = 3  # claims three dimensions
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: bad magic number 0x00000803"):
+        _fetch(tmp_path / "project", _source(tmp_path, **{"train-labels-idx1-ubyte": bytes(bad)}))
+    assert not (tmp_path / "project" / "data" / "raw" / "mnist" / "train-labels-idx1-ubyte").exists()
+
+
+def test_fetch_refuses_a_truncated_file(tmp_path: Path):
+    short = _raw("t10k-images-idx3-ubyte")[:-100]
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: truncated: header declares shape \(256, 28, 28\)"):
+        _fetch(tmp_path / "project", _source(tmp_path, **{"t10k-images-idx3-ubyte": short}))
+    assert not (tmp_path / "project" / "data" / "raw" / "mnist" / "t10k-images-idx3-ubyte").exists()
+
+
+def test_fetch_names_a_missing_file(tmp_path: Path):
+    source = _source(tmp_path)
+    (source / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte: missing from"):
+        _fetch(tmp_path / "project", source)
+
+
+def test_fetch_refuses_a_corrupt_gzip(tmp_path: Path):
+    source = tmp_path / "source"
+    shutil.copytree(FIXTURE_DIR, source)
+    gz = source / "train-labels-idx1-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:40])
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: corrupt gzip"):
+        _fetch(tmp_path / "project", source)
+
+
+def test_fetch_downloads_from_a_mirror(tmp_path: Path):
+    """The download path, against a real HTTP server on loopback serving the fixture's .gz files."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = lambda *a, **k: Quiet(*a, directory=str(FIXTURE_DIR), **k)  # noqa: E731
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            write_params(tmp_path)
+            dead_mirror = "http://127.0.0.1:9/"  # nothing listens on the discard port: the next mirror is tried
+            fetch(load_params(tmp_path / "params.yaml"), Paths(tmp_path), FIXTURE_SHA256,
+                  mirrors=[dead_mirror, f"http://127.0.0.1:{server.server_address[1]}/"])
+        finally:
+            server.shutdown()
+    for name in FIXTURE_SHA256:
+        assert (Paths(tmp_path).raw / name).read_bytes() == _raw(name)
+
+
+def test_parse_idx_reads_the_shape():
+    images = parse_idx(_raw("train-images-idx3-ubyte"), "x", 3)
+    assert images.shape == (512, 28, 28) and images.max() == 255
+
+
+def test_prepare_makes_unit_range_tensors_with_labels(project: Paths, tiny):
+    result = prepare(tiny, project)
+    assert result.counts == {"train": 256, "test": 256}  # train_limit applies to the training split only
+    images, labels = load_prepared(project, "train", 16)
+    assert images.dtype == torch.float32 and images.shape == (256, 1, 16, 16)
+    assert images.min() >= -1 and images.max() <= 1
+    assert images.min() == -1 and images.max() > 0.9  # MNIST's background is black, strokes near white
+    assert labels.dtype == torch.int64 and labels[:10].tolist() == FIRST_TRAIN_LABELS
+    test_images, test_labels = load_prepared(project, "test", 16)
+    assert test_images.shape == (256, 1, 16, 16) and test_labels[:10].tolist() == FIRST_TEST_LABELS
+
+
+def test_prepared_metadata_records_the_source(project: Paths, tiny):
+    from safetensors import safe_open
+
+    prepare(tiny, project)
+    with safe_open(project.prepared / "train.safetensors", framework="pt") as f:
+        meta = f.metadata()
+    assert meta["image_size"] == "16" and meta["count"] == "256" and meta["value_range"] == "[-1, 1]"
+    assert FIXTURE_SHA256["train-images-idx3-ubyte"] in meta["source_sha256"]
+
+
+def test_prepared_data_of_another_size_is_refused(project: Paths, tiny):
+    prepare(tiny, project)
+    with pytest.raises(DataError, match="holds 16x16 images but data.image_size is 32"):
+        load_prepared(project, "train", 32)
+
+
+def test_prepare_names_missing_raw_data(tmp_path: Path):
+    params = write_params(tmp_path)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: missing: run `dcgan fetch` first"):
+        prepare(params, Paths(tmp_path))

@@ -1,0 +1,162 @@
+import pickle
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dcgan.checkpoint import load_checkpoint
+from dcgan.config import Paths, load_params
+from dcgan.data import prepare
+from dcgan.errors import CheckpointError
+from dcgan.tracking import EXPERIMENT, dvc_hash, tracking_uri
+from dcgan.train import METRICS, train
+
+STEPS_PER_EPOCH = 256 // 32
+
+
+@pytest.fixture
+def prepared(project: Paths, tiny) -> Paths:
+    prepare(tiny, project)
+    return project
+
+
+def _weights(paths: Paths) -> dict[str, torch.Tensor]:
+    return {**load_file(paths.models / "generator.safetensors"), **load_file(paths.models / "discriminator.safetensors")}
+
+
+def _client(paths: Paths) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri(paths))
+
+
+def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
+    result = train(tiny, prepared)
+
+    assert result.steps == 2 * STEPS_PER_EPOCH and result.resumed_from == 0
+    client = _client(prepared)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    for key in METRICS:
+        history = client.get_metric_history(result.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, result.steps + 1))  # every step, once
+    assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.z_dim"] == "8"
+    assert run.data.tags["data.raw.dvc_md5"] == dvc_hash(prepared.raw)
+    assert run.data.tags["data.prepared.dvc_md5"] == dvc_hash(prepared.prepared)
+    assert run.data.tags["git_commit"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == dvc_hash(prepared.prepared)
+
+    # One sample grid per epoch, as a stepped image series.
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert sum(p.endswith(".png") and "samples" in p for p in images) == 2
+    weights = {a.path for a in client.list_artifacts(result.run_id, "weights")}
+    assert weights == {"weights/generator.safetensors", "weights/discriminator.safetensors"}
+
+    assert (prepared.checkpoints / "last.pt").is_file()
+    assert load_checkpoint(prepared.checkpoints / "last.pt")["step"] == result.steps
+    lines = (prepared.reports / "losses.csv").read_text().splitlines()
+    assert lines[0] == "step,loss_d,loss_g,d_real,d_fake" and len(lines) == result.steps + 1
+    assert result.run_id in (prepared.reports / "mlflow_run.json").read_text()
+
+
+def test_same_seed_same_weights(tmp_path: Path, prepared: Paths, tiny):
+    """Two runs in two folders, fp32 and bf16 alike: bit-identical weights on the CPU."""
+    import shutil
+
+    for precision in ("fp32", "bf16"):
+        params = tiny.model_copy(update={"train": tiny.train.model_copy(update={"precision": precision})})
+        runs = []
+        for name in ("a", "b"):
+            root = tmp_path / f"{precision}-{name}"
+            shutil.copytree(prepared.prepared, Paths(root).prepared)
+            shutil.copytree(prepared.raw, Paths(root).raw)
+            train(params, Paths(root))
+            runs.append(_weights(Paths(root)))
+        assert runs[0].keys() == runs[1].keys()
+        assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]), precision
+
+
+def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, tiny):
+    import shutil
+
+    uninterrupted = train(tiny, prepared)
+    expected = _weights(prepared)
+
+    # Train one epoch, then resume with the full schedule.
+    other = Paths(tmp_path / "resumed")
+    shutil.copytree(prepared.prepared, other.prepared)
+    shutil.copytree(prepared.raw, other.raw)
+    partial = tiny.model_copy(update={"train": tiny.train.model_copy(update={"epochs": 1})})
+    first = train(partial, other)
+    assert first.steps == STEPS_PER_EPOCH
+    resumed = train(tiny, other)
+
+    assert resumed.resumed_from == STEPS_PER_EPOCH and resumed.run_id == first.run_id
+    assert resumed.steps == uninterrupted.steps
+    got = _weights(other)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # The loss curve of the resumed run equals the uninterrupted one.
+    assert (other.reports / "losses.csv").read_text() == (prepared.reports / "losses.csv").read_text()
+
+
+def test_resume_mid_epoch_after_a_crash(tmp_path: Path, prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    import dcgan.train
+
+    train(tiny, prepared)
+    expected = _weights(prepared)
+
+    other = Paths(tmp_path / "crashed")
+    shutil.copytree(prepared.prepared, other.prepared)
+    shutil.copytree(prepared.raw, other.raw)
+    real_step, calls = dcgan.train.train_step, []
+
+    def crash_at_step_7(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(dcgan.train, "train_step", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, other)
+    monkeypatch.setattr(dcgan.train, "train_step", real_step)
+    assert load_checkpoint(other.checkpoints / "last.pt")["step"] == 5  # checkpoint_every=5: mid-epoch
+
+    resumed = train(tiny, other)
+    assert resumed.resumed_from == 5
+    got = _weights(other)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_changed_params_start_from_scratch(prepared: Paths, tiny, caplog: pytest.LogCaptureFixture):
+    first = train(tiny, prepared)
+    changed = tiny.model_copy(update={"train": tiny.train.model_copy(update={"lr": 0.001})})
+    second = train(changed, prepared)
+    assert second.resumed_from == 0 and second.run_id != first.run_id
+    assert "not resuming, the params differ (train.lr: 0.0002 -> 0.001)" in caplog.text
+
+
+def test_a_pickle_checkpoint_is_refused_not_executed(prepared: Paths, tiny, tmp_path: Path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    prepared.checkpoints.mkdir(parents=True)
+    (prepared.checkpoints / "last.pt").write_bytes(pickle.dumps({"step": 1, "params": {}, "x": Exploit()}))
+    with pytest.raises(CheckpointError, match="last.pt: not a usable checkpoint"):
+        train(tiny, prepared)
+    assert not marker.exists()
+
+
+def test_training_needs_prepared_data(project: Paths, tiny):
+    from dcgan.errors import DataError
+
+    with pytest.raises(DataError, match="train.safetensors: missing: run `dcgan prepare` first"):
+        train(tiny, project)
+    assert load_params(project.root / "params.yaml") == tiny
