@@ -55,11 +55,12 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. 'auto' takes bf16 where the hardware computes it natively."""
-    native_bf16 = (
-        torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
-    )
-    if choice == "bf16" or (choice == "auto" and native_bf16):
+    """The autocast dtype, or None for plain fp32.
+
+    'auto' takes bf16 on a CUDA device that has it. On the CPU it stays fp32: bf16 autocast measured slower
+    than fp32 for this model on our AVX512-BF16 CPUs (docs/benchmarks.md).
+    """
+    if choice == "bf16" or (choice == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
 
@@ -137,17 +138,18 @@ def train(params: Params, paths: Paths) -> TrainResult:
     if last.exists():
         state = load_checkpoint(last)
         mismatch = resume_mismatch(state, params)
+        if state["step"] > total_steps:
+            mismatch.append(f"it is at step {state['step']}, past this run's {total_steps} steps")
         if mismatch:
-            log.warning("%s: not resuming, the params differ (%s): training from scratch", last, "; ".join(mismatch))
+            log.warning("%s: not resuming (%s): training from scratch", last, "; ".join(mismatch))
         else:
             generator.load_state_dict(state["generator"])
             discriminator.load_state_dict(state["discriminator"])
             opt_g.load_state_dict(state["opt_g"])
             opt_d.load_state_dict(state["opt_d"])
             noise.set_state(state["noise_rng"])
-            step, run_id = min(state["step"], total_steps), state["mlflow_run_id"]
-            done = state["history"][:total_steps]
-            history[: len(done)] = done
+            step, run_id = state["step"], state["mlflow_run_id"]
+            history[:step] = state["history"]
             log.warning("%s: resuming at step %d of %d", last, step, total_steps)
     resumed_from = step
 
