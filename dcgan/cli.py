@@ -26,7 +26,8 @@ SetOption = Annotated[
 
 
 def _run(stage: Callable[[Params, Paths], Any], params_file: Path, overrides: list[str] | None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dcgan").setLevel(logging.INFO)  # ours at INFO; the libraries' chatter only from WARNING
     try:
         params = load_params(params_file, parse_overrides(overrides or []))
         result = stage(params, Paths())

@@ -44,8 +44,10 @@ def use_experiment(paths: Paths) -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    # With the local store, artifacts live beside mlflow.db; a server decides for itself.
-    location = (paths.root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    # With a SQLite store, artifacts live in mlartifacts/ beside the database file; a server decides for itself.
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
