@@ -27,12 +27,13 @@ else
 	dvc exp run $(addprefix -S ,$(OVERRIDES))
 endif
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check dcgan flows tests
-	$(BIN)/ruff format --check dcgan flows tests
+	$(BIN)/ruff check dcgan flows tests bench
+	$(BIN)/ruff format --check dcgan flows tests bench
+	$(BIN)/mypy dcgan flows
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

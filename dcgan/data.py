@@ -1,7 +1,7 @@
 """MNIST: fetch the four original IDX files, check them, and prepare [-1, 1] tensors.
 
-    fetch:   source folder or download mirrors -> data/raw/mnist/<name>   (uncompressed IDX, SHA-256 checked)
-    prepare: data/raw/mnist -> data/prepared/{train,test}.safetensors    (images N x 1 x S x S in [-1, 1], labels N)
+fetch:   source folder or download mirrors -> data/raw/mnist/<name>   (uncompressed IDX, SHA-256 checked)
+prepare: data/raw/mnist -> data/prepared/{train,test}.safetensors    (images N x 1 x S x S in [-1, 1], labels N)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluation of the trained generator, as it will be exported (eval mode, BatchNorm running statistics).
 
-    models/generator.safetensors + reports/losses.csv -> reports/samples.png, reports/metrics.json
+models/generator.safetensors + reports/losses.csv -> reports/samples.png, reports/metrics.json
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class EvaluateResult:
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
-    z = torch.randn(params.evaluate.n_samples, params.model.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
+    rng = torch.Generator().manual_seed(params.seed)
+    z = torch.randn(params.evaluate.n_samples, params.model.z_dim, 1, 1, generator=rng)
     samples_png = paths.reports / "samples.png"
     save_png(sample_grid(generator, z[:64]), samples_png)
 

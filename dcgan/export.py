@@ -1,6 +1,6 @@
 """Export the generator to ONNX and check that ONNX Runtime computes what torch computes.
 
-    models/generator.safetensors -> models/generator.onnx, reports/parity.json
+models/generator.safetensors -> models/generator.onnx, reports/parity.json
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class Generator(nn.Module):
             nn.BatchNorm2d(channels[0]),
             nn.ReLU(inplace=True),
         ]
-        for c_in, c_out in zip(channels, channels[1:]):
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(channels[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
@@ -63,7 +63,7 @@ class Discriminator(nn.Module):
         n_mid = _n_middle_layers(image_size)
         channels = [width * 2**i for i in range(n_mid + 1)]  # seed: 64, 128, 256, 512
         layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 4, 2, 1, bias=False), nn.LeakyReLU(leaky_slope, True)]
-        for c_in, c_out in zip(channels, channels[1:]):
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
             layers += [
                 nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(c_out),

@@ -19,7 +19,7 @@ from typing import Any
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # registered at import
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
@@ -60,7 +60,7 @@ def training_run(params: Params, paths: Paths, resume_run_id: str | None) -> Ite
     """
     experiment_id = use_experiment(paths)
     if resume_run_id and not _run_exists(resume_run_id):
-        log.warning("MLflow run %s of the checkpoint is not in %s: starting a new run", resume_run_id, tracking_uri(paths))
+        log.warning("MLflow run %s of the checkpoint is not in %s: new run", resume_run_id, tracking_uri(paths))
         resume_run_id = None
     with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id) as run:
         run_id = run.info.run_id
@@ -73,10 +73,9 @@ def training_run(params: Params, paths: Paths, resume_run_id: str | None) -> Ite
                 "data.prepared.dvc_md5": prepared_hash,
             }
         )
-        mlflow.log_input(
-            MetaDataset(LocalArtifactDatasetSource(str(paths.prepared)), name="mnist-prepared", digest=prepared_hash),
-            context="training",
-        )
+        source = LocalArtifactDatasetSource(str(paths.prepared))
+        dataset = MetaDataset(source, name="mnist-prepared", digest=prepared_hash)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context="training")
         write_json_atomic(paths.mlflow_run, {"run_id": run_id, "experiment_id": experiment_id})
         yield run_id
 
@@ -106,6 +105,7 @@ def log_step_metrics(run_id: str, rows: list[tuple[int, dict[str, float]]]) -> N
 
 def git_commit(root: Path) -> str:
     """HEAD's commit, suffixed '-dirty' when tracked files have changes; 'unknown' outside git."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

@@ -1,8 +1,8 @@
 """The training loop, read top to bottom: the seed's DCGAN step, checkpoints, MLflow.
 
-    data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
-                                       models/checkpoints/last.pt   (resumed when the params match)
-                                       reports/losses.csv           (per-step losses, a DVC plot)
+data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
+                                   models/checkpoints/last.pt   (resumed when the params match)
+                                   reports/losses.csv           (per-step losses, a DVC plot)
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def train(params: Params, paths: Paths) -> TrainResult:
                     values = torch.stack(pending).cpu()  # the host sync
                     first = step - len(pending)
                     history[first:step] = values
-                    rows = [(first + 1 + k, dict(zip(METRICS, v))) for k, v in enumerate(values.tolist())]
+                    rows = [(first + 1 + k, dict(zip(METRICS, v, strict=True))) for k, v in enumerate(values.tolist())]
                     tracking.log_step_metrics(run_id, rows)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in rows[-1][1].items()}, refresh=False)
                     pending.clear()
@@ -209,7 +209,7 @@ def train(params: Params, paths: Paths) -> TrainResult:
         for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
             mlflow.log_artifact(str(path), artifact_path="weights")
 
-    final = dict(zip(METRICS, history[-1].tolist()))
+    final = dict(zip(METRICS, history[-1].tolist(), strict=True))
     return TrainResult(run_id, step, resumed_from, final, images_per_second)
 
 

@@ -42,9 +42,7 @@ def test_fetch_from_a_gzip_folder_writes_the_uncompressed_originals(project: Pat
     assert sorted(p.name for p in project.raw.iterdir()) == sorted(FIXTURE_SHA256)  # no temp files left
 
 
-def test_fetch_reads_the_environment_variable_and_keeps_good_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_fetch_reads_the_environment_variable_and_keeps_good_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     write_params(tmp_path)
     params = load_params(tmp_path / "params.yaml")
     monkeypatch.setenv("DCGAN_MNIST_DIR", str(_source(tmp_path)))
@@ -108,8 +106,12 @@ def test_fetch_downloads_from_a_mirror(tmp_path: Path):
         try:
             write_params(tmp_path)
             dead_mirror = "http://127.0.0.1:9/"  # nothing listens on the discard port: the next mirror is tried
-            fetch(load_params(tmp_path / "params.yaml"), Paths(tmp_path), FIXTURE_SHA256,
-                  mirrors=[dead_mirror, f"http://127.0.0.1:{server.server_address[1]}/"])
+            fetch(
+                load_params(tmp_path / "params.yaml"),
+                Paths(tmp_path),
+                FIXTURE_SHA256,
+                mirrors=[dead_mirror, f"http://127.0.0.1:{server.server_address[1]}/"],
+            )
         finally:
             server.shutdown()
     for name in FIXTURE_SHA256:

@@ -11,8 +11,17 @@ def _layers(net: nn.Module) -> list[tuple]:
     out = []
     for m in net.main:
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            out.append((type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0],
-                        m.padding[0], m.bias is not None))
+            out.append(
+                (
+                    type(m).__name__,
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size[0],
+                    m.stride[0],
+                    m.padding[0],
+                    m.bias is not None,
+                )
+            )
         elif isinstance(m, nn.BatchNorm2d):
             out.append(("BatchNorm2d", m.num_features))
         elif isinstance(m, nn.LeakyReLU):
@@ -57,7 +66,7 @@ def test_shapes_at_every_supported_size(size: int):
     logits = d(images)
     assert logits.shape == (3,)
     probability = d.probability(images)
-    assert torch.allclose(probability, torch.sigmoid(logits)) and ((0 < probability) & (probability < 1)).all()
+    assert torch.allclose(probability, torch.sigmoid(logits)) and ((probability > 0) & (probability < 1)).all()
 
 
 def test_init_follows_the_paper():

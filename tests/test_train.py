@@ -23,7 +23,10 @@ def prepared(project: Paths, tiny) -> Paths:
 
 
 def _weights(paths: Paths) -> dict[str, torch.Tensor]:
-    return {**load_file(paths.models / "generator.safetensors"), **load_file(paths.models / "discriminator.safetensors")}
+    return {
+        **load_file(paths.models / "generator.safetensors"),
+        **load_file(paths.models / "discriminator.safetensors"),
+    }
 
 
 def _client(paths: Paths) -> mlflow.MlflowClient:
