@@ -35,7 +35,7 @@ def repo(tmp_path: Path) -> Path:
     shutil.copy(REPO / "dvc.yaml", repo)
     shutil.copytree(REPO / "dcgan", repo / "dcgan", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    (repo / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/models/checkpoints/\n")
+    shutil.copy(REPO / ".gitignore", repo)
     _run(repo, "git", "init", "-q", "-b", "main")
     _run(repo, "git", "config", "user.email", "test@example.com")
     _run(repo, "git", "config", "user.name", "test")
