@@ -1,4 +1,5 @@
-# `make run` runs the pipeline, `make test` the tests; both set up .venv first when needed.
+# `make run` runs the pipeline (the train-dcgan flow, once, in this process); `make test` runs the tests.
+# Both set up .venv first when needed.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -6,10 +7,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dvc.yaml's commands call `dcgan`, found here.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
-# e.g. make run OVERRIDES="train.epochs=1 data.train_limit=6400": runs as a DVC experiment.
+# Prefect's state stays in the project; no telemetry from offline machines.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+PREFECT_PORT ?= 4200
+# e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
 
-.PHONY: setup run test lint clean
+.PHONY: setup run repro prefect-server serve test lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,13 +24,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The train-dcgan flow, once, in this process: fetch, prepare (DVC decides), train, evaluate, export, register.
 run: setup
+	$(BIN)/python -m flows.train_dcgan $(addprefix -S ,$(OVERRIDES))
+
+# The same stages through DVC alone: `dvc repro`, or with OVERRIDES a DVC experiment (`dvc exp run -S ...`).
+repro: setup
 	dcgan fetch
 ifeq ($(strip $(OVERRIDES)),)
 	dvc repro
 else
 	dvc exp run $(addprefix -S ,$(OVERRIDES))
 endif
+
+# A local Prefect server on 127.0.0.1 (state in .prefect/); then, in another shell, `make serve`.
+prefect-server: setup
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# Serves the train-dcgan deployment against that server: `prefect deployment run train-dcgan/train-dcgan`.
+serve: setup
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
 
 test: lint
 	$(BIN)/python -m pytest

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dcgan.config import Params, Paths
-from dcgan.errors import DataError
+from dcgan.errors import DataError, DownloadError
 from dcgan.files import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _download(name: str, mirrors: Sequence[str] | None) -> bytes:
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             log.warning("%s: %s", url, err)
             failures.append(f"{url}: {err}")
-    raise DataError(
+    raise DownloadError(
         f"{name}: download failed from every mirror ({'; '.join(failures)}); "
         f"offline, point data.source_dir or ${SOURCE_ENV} at a folder of the IDX files"
     )

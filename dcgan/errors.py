@@ -17,6 +17,10 @@ class DataError(DcganError):
     """Missing, corrupt or unexpected data files: the message names the file."""
 
 
+class DownloadError(DataError):
+    """No mirror answered: possibly transient, worth a retry."""
+
+
 class CheckpointError(DcganError):
     """A checkpoint that cannot be used with these params."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.onnx
 import numpy as np
 import onnx
 import torch
@@ -25,15 +26,20 @@ log = logging.getLogger(__name__)
 PARITY_BATCHES = (1, 7, 64)
 
 
+REGISTERED_MODEL = "dcgan-generator"
+
+
 @dataclass(frozen=True)
 class ExportResult:
     onnx_path: Path
     max_abs_error: float
     provider: str
+    model_uri: str  # models:/dcgan-generator/<version>
 
 
 def export(params: Params, paths: Paths) -> ExportResult:
-    """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check."""
+    """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check, then log it
+    to the MLflow run and register it as a new version of `dcgan-generator`."""
     generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
     target = paths.models / "generator.onnx"
     with tracking.pipeline_run(paths) as run_id:
@@ -59,9 +65,36 @@ def export(params: Params, paths: Paths) -> ExportResult:
                     f"{target}: ONNX Runtime differs from torch by {report['max_abs_error']:.3g} "
                     f"(tolerance {params.export.parity_atol:g}); the file was not written"
                 )
-        mlflow.log_artifact(str(target), artifact_path="onnx")
+        version = register(onnx.load(target), params)
+    model_uri = f"models:/{REGISTERED_MODEL}/{version}"
     log.info("%s: parity max abs error %.3g on %s", target, report["max_abs_error"], report["provider"])
-    return ExportResult(target, report["max_abs_error"], report["provider"])
+    log.info("registered %s", model_uri)
+    return ExportResult(target, report["max_abs_error"], report["provider"], model_uri)
+
+
+def register(model: onnx.ModelProto, params: Params) -> str:
+    """Log the ONNX model to the active run and register it; returns the new version."""
+    from mlflow.models import infer_signature
+
+    z = np.random.default_rng(params.seed).standard_normal((2, params.model.z_dim, 1, 1), dtype=np.float32)
+    images = np.zeros((2, 1, params.data.image_size, params.data.image_size), dtype=np.float32)
+    info = mlflow.onnx.log_model(
+        model,
+        name="generator",
+        registered_model_name=REGISTERED_MODEL,
+        signature=infer_signature(z, images),
+        input_example=z,
+        # Never both onnxruntime and onnxruntime-gpu: they overwrite each other's files.
+        pip_requirements=[f"onnxruntime-gpu=={_version('onnxruntime-gpu')}", f"onnx=={onnx.__version__}", "numpy"],
+        save_as_external_data=False,
+    )
+    return str(info.registered_model_version)
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
 
 
 def to_onnx(generator: Generator, path: Path, opset: int) -> None:

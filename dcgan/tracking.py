@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ def use_experiment(paths: Paths) -> str:
 
 
 @contextmanager
-def training_run(params: Params, paths: Paths, resume_run_id: str | None) -> Iterator[str]:
+def training_run(
+    params: Params, paths: Paths, resume_run_id: str | None, tags: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start the pipeline's MLflow run, or reopen `resume_run_id`; yields the run id.
 
     Logs the effective params, the git commit and the DVC hashes of the data, and records the run id
@@ -71,6 +73,7 @@ def training_run(params: Params, paths: Paths, resume_run_id: str | None) -> Ite
                 "git_commit": git_commit(paths.root),
                 "data.raw.dvc_md5": raw_hash,
                 "data.prepared.dvc_md5": prepared_hash,
+                **(tags or {}),
             }
         )
         source = LocalArtifactDatasetSource(str(paths.prepared))
@@ -160,3 +163,12 @@ def _run_exists(run_id: str) -> bool:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def model_version_link(paths: Paths, model_uri: str) -> str:
+    """Where a person opens `models:/NAME/VERSION`: the server's UI page, or the URI itself for a local store."""
+    uri = tracking_uri(paths)
+    if not uri.startswith(("http://", "https://")):
+        return model_uri
+    name, version = model_uri.removeprefix("models:/").split("/")
+    return f"{uri.rstrip('/')}/#/models/{name}/versions/{version}"

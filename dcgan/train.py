@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 GRID_SIZE = 64
+
+ProgressHook = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,17 @@ def train_step(
     return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake]).float()
 
 
-def train(params: Params, paths: Paths) -> TrainResult:
-    """Train (or resume) the DCGAN on the prepared data, logging to the pipeline's MLflow run."""
+def train(
+    params: Params,
+    paths: Paths,
+    on_progress: ProgressHook | None = None,
+    run_tags: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train (or resume) the DCGAN on the prepared data, logging to the pipeline's MLflow run.
+
+    `on_progress(step, total_steps, metrics)` is called each time the losses are logged; `run_tags` are set on
+    the MLflow run (e.g. the orchestrator's run id).
+    """
     cfg = params.train
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
@@ -138,8 +150,8 @@ def train(params: Params, paths: Paths) -> TrainResult:
     if last.exists():
         state = load_checkpoint(last)
         mismatch = resume_mismatch(state, params)
-        if state["step"] > total_steps:
-            mismatch.append(f"it is at step {state['step']}, past this run's {total_steps} steps")
+        if state["step"] >= total_steps:
+            mismatch.append(f"it finished at step {state['step']}, this run has {total_steps} steps")
         if mismatch:
             log.warning("%s: not resuming (%s): training from scratch", last, "; ".join(mismatch))
         else:
@@ -169,7 +181,7 @@ def train(params: Params, paths: Paths) -> TrainResult:
             },
         )
 
-    with tracking.training_run(params, paths, run_id) as run_id:
+    with tracking.training_run(params, paths, run_id, run_tags) as run_id:
         generator.train()
         discriminator.train()
         pending = []  # (step, metrics on the device) not yet logged: one host sync per log_every steps
@@ -195,6 +207,8 @@ def train(params: Params, paths: Paths) -> TrainResult:
                     tracking.log_step_metrics(run_id, rows)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in rows[-1][1].items()}, refresh=False)
                     pending.clear()
+                    if on_progress:
+                        on_progress(step, total_steps, rows[-1][1])
                 if end_of_epoch:
                     log_sample_grid(generator, fixed_z, epoch + 1)
                 if end_of_epoch or step % cfg.checkpoint_every == 0 or step == total_steps:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,36 @@ def project(tmp_path: Path) -> Paths:
 @pytest.fixture
 def tiny(project: Paths) -> Params:
     return load_params(project.root / "params.yaml")
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_cmd(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DCGAN_MNIST_DIR")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1")
+    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git + DVC repository holding the project's pipeline, tiny params and the fixture data, committed."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo)
+    for package in ("dcgan", "flows"):
+        shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    shutil.copy(REPO / ".gitignore", repo)
+    run_cmd(repo, "git", "init", "-q", "-b", "main")
+    run_cmd(repo, "git", "config", "user.email", "test@example.com")
+    run_cmd(repo, "git", "config", "user.name", "test")
+    run_cmd(repo, "dvc", "init", "-q")
+    run_cmd(repo, "dvc", "config", "core.check_update", "false")
+    fetch(load_params(repo / "params.yaml", {"data.source_dir": str(FIXTURE_DIR)}), Paths(repo), FIXTURE_SHA256)
+    run_cmd(repo, "dvc", "add", "-q", "data/raw/mnist")
+    run_cmd(repo, "git", "add", "-A")
+    run_cmd(repo, "git", "commit", "-qm", "pipeline")
+    return repo

@@ -1,0 +1,79 @@
+"""The `train-dcgan` flow under Prefect's test harness: tiny params, a temporary project, the real stages."""
+
+import json
+
+import mlflow
+import pytest
+
+from .conftest import FIXTURE_DIR, run_cmd
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory):
+    """One temporary Prefect server for the module, its state in a temp dir."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
+        env.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from prefect.testing.utilities import prefect_test_harness
+
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+def test_flow_runs_the_pipeline_once_per_mlflow_run(repo, prefect_home, monkeypatch: pytest.MonkeyPatch):
+    from flows.train_dcgan import train_dcgan
+
+    monkeypatch.chdir(repo)
+    summary = train_dcgan(overrides={"train.epochs": 1})
+
+    assert summary["steps"] == 256 // 32 and summary["model_uri"] == "models:/dcgan-generator/1"
+    assert summary["prepare"] == "prepared and recorded in dvc.lock"
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["train.epochs"] == "1"  # the effective value, not params.yaml's 2
+    assert run.data.tags["prefect.flow_run_id"]
+    assert {"loss_d", "final_loss_d", "parity_max_abs_error"} <= set(run.data.metrics)
+    assert client.get_model_version("dcgan-generator", "1").run_id == run.info.run_id
+
+    # A second run: DVC finds the prepared data up to date.
+    again = train_dcgan(overrides={"train.epochs": 1})
+    assert again["prepare"] == "up to date: DVC found nothing changed since dvc.lock"
+    assert again["mlflow_run_id"] != summary["mlflow_run_id"]
+    assert json.loads((repo / "reports" / "parity.json").read_text())["passed"]
+
+
+def test_bad_params_fail_the_flow_before_any_task(repo, prefect_home, monkeypatch: pytest.MonkeyPatch):
+    from dcgan.errors import ParamsError
+    from flows.train_dcgan import train_dcgan
+
+    monkeypatch.chdir(repo)
+    with pytest.raises(ParamsError, match="train.lr: Input should be greater than 0"):
+        train_dcgan(overrides={"train.lr": 0})
+    assert not (repo / "data" / "prepared").exists()
+
+
+def test_flow_and_dvc_repro_give_identical_weights(repo, prefect_home, monkeypatch: pytest.MonkeyPatch):
+    """One implementation: the same params through the flow and through `dvc repro`, the same generator."""
+    from flows.train_dcgan import train_dcgan
+
+    monkeypatch.chdir(repo)
+    train_dcgan()
+    generator = repo / "models" / "generator.safetensors"
+    from_flow = generator.read_bytes()
+    repro = run_cmd(repo, "dvc", "repro")
+    assert "Running stage 'train'" in repro.stdout  # dvc.lock had no train record: DVC trained again
+    assert generator.read_bytes() == from_flow
+
+
+def test_a_failing_stage_fails_the_flow_run_readably(repo, prefect_home, monkeypatch: pytest.MonkeyPatch):
+    """Raw data that no longer matches data/raw/mnist.dvc is fetched again; files that are not the official
+    MNIST (here the test fixture) fail the fetch with no retry, and the flow run with a readable message."""
+    from flows.train_dcgan import train_dcgan
+
+    (repo / "data" / "raw" / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DCGAN_MNIST_DIR", str(FIXTURE_DIR))
+
+    state = train_dcgan(return_state=True)
+    assert state.is_failed()
+    assert "DataError: train-images-idx3-ubyte: SHA-256 mismatch: expected ba891046" in state.message
