@@ -6,10 +6,12 @@ retry can help, artifacts for the Prefect UI, and ties the Prefect run to the ML
 
 from __future__ import annotations
 
+import logging
 import os
 
-# Before Prefect reads its settings: our loggers, MLflow's and DVC's go to the run's logs.
+# Before Prefect reads its settings: our loggers, MLflow's and DVC's go to the run's logs, ours from INFO.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dcgan,mlflow,dvc")
+logging.getLogger("dcgan").setLevel(logging.INFO)
 
 from typing import Any, cast  # noqa: E402
 from uuid import UUID  # noqa: E402

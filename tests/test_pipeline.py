@@ -24,7 +24,7 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
 
     # All stages logged into one MLflow run, in the SQLite store at the repo's root.
     run_id = json.loads(paths.mlflow_run.read_text())["run_id"]
-    run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").getrun(run_id)
+    run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id)
     assert {"loss_d", "final_loss_d", "parity_max_abs_error"} <= set(run.data.metrics)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert run.data.tags["data.prepared.dvc_md5"] == lock["stages"]["prepare"]["outs"][0]["md5"]

@@ -140,7 +140,7 @@ def test_changed_params_start_from_scratch(prepared: Paths, tiny, caplog: pytest
     changed = tiny.model_copy(update={"train": tiny.train.model_copy(update={"lr": 0.001})})
     second = train(changed, prepared)
     assert second.resumed_from == 0 and second.run_id != first.run_id
-    assert "not resuming (train.lr: 0.0002 -> 0.001)" in caplog.text
+    assert "not resuming (train.lr: 0.0002 -> 0.001; it finished at step 16" in caplog.text
 
 
 def test_a_pickle_checkpoint_is_refused_not_executed(prepared: Paths, tiny, tmp_path: Path):
