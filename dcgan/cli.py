@@ -17,7 +17,7 @@ import typer
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params, parse_overrides
 from dcgan.errors import DcganError
 
-app = typer.Typer(help="DCGAN on MNIST: fetch, prepare, train, evaluate, export.", no_args_is_help=True)
+app = typer.Typer(help="DCGAN on MNIST: fetch, prepare, classifier, train, evaluate, export.", no_args_is_help=True)
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
 SetOption = Annotated[
@@ -51,6 +51,14 @@ def prepare(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None
     from dcgan.data import prepare
 
     _run(prepare, params_file, overrides)
+
+
+@app.command()
+def classifier(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
+    """Train the MNIST classifier the evaluation measures with."""
+    from dcgan.classifier import train_classifier
+
+    _run(train_classifier, params_file, overrides)
 
 
 @app.command()

@@ -63,8 +63,17 @@ class TrainParams(_Section):
         return betas
 
 
+class ClassifierParams(_Section):
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.001, gt=0)
+
+
 class EvaluateParams(_Section):
-    n_samples: int = Field(default=64, ge=1)
+    n_samples: int = Field(default=10_000, ge=2)
+    every_epochs: int = Field(default=1, ge=0)  # 0 = no evaluation during training
+    quick_samples: int = Field(default=2_000, ge=2)
+    kid_subset_size: int = Field(default=1_000, ge=2)
 
 
 class ExportParams(_Section):
@@ -77,6 +86,7 @@ class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    classifier: ClassifierParams = ClassifierParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
 

@@ -1,25 +1,34 @@
-"""Evaluation of the trained generator, as it will be exported (eval mode, BatchNorm running statistics).
+"""Evaluation: how good are the generated digits, measured with our MNIST classifier.
 
-models/generator.safetensors + reports/losses.csv -> reports/samples.png, reports/metrics.json
+The generator is evaluated as it will be exported: eval mode, BatchNorm with its running statistics.
+
+    models/generator.safetensors, models/classifier.safetensors, data/prepared/
+        -> reports/metrics.json, reports/{samples,digits,interpolation,class_histogram}.png
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
-from dcgan import tracking
-from dcgan.config import Params, Paths
+from dcgan import metrics, tracking
+from dcgan.classifier import Classifier, embed, load_classifier
+from dcgan.config import EvaluateParams, Params, Paths
+from dcgan.data import load_prepared
 from dcgan.errors import DcganError
-from dcgan.files import write_json_atomic
-from dcgan.models import load_generator
-from dcgan.pictures import sample_grid, save_png
+from dcgan.files import atomic_path, write_json_atomic
+from dcgan.models import Generator, load_generator
+from dcgan.pictures import sample_grid, save_png, tile
 
 log = logging.getLogger(__name__)
+
+GENERATOR_MODE = "eval mode (BatchNorm running statistics), as exported"
 
 
 @dataclass(frozen=True)
@@ -27,29 +36,141 @@ class EvaluateResult:
     metrics: dict[str, float]
 
 
+@torch.no_grad()
+def generate(generator: Generator, n: int, seed: int, batch: int = 500) -> torch.Tensor:
+    """n samples of G in eval mode from seeded latents: N x 1 x S x S on the CPU."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
+    was_training = generator.training
+    generator.eval()
+    images = torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch)])
+    generator.train(was_training)
+    return images
+
+
+def quality(
+    classifier: Classifier, images: torch.Tensor, reference: np.ndarray, cfg: EvaluateParams, seed: int
+) -> dict[str, float]:
+    """All metrics of `images` against the reference features (the test set's)."""
+    features, probs = (t.double().numpy() for t in embed(classifier, images))
+    precision, recall = metrics.precision_recall(reference, features)
+    coverage = metrics.class_coverage(probs)
+    return {
+        "fid": metrics.fid(reference, features),
+        "kid": metrics.kid(reference, features, cfg.kid_subset_size, seed=seed),
+        "inception_score": metrics.inception_score(probs),
+        "precision": precision,
+        "recall": recall,
+        "digits_covered": coverage.digits_covered,
+        "class_kl": coverage.class_kl,
+        "confidence": coverage.confidence,
+    }
+
+
+class FidTracker:
+    """The FID of a generator on a fixed latent batch against the test set, cheap enough to run each epoch."""
+
+    def __init__(self, params: Params, paths: Paths, device: torch.device):
+        self.classifier = load_classifier(paths.models / "classifier.safetensors").to(device)
+        test_images, _ = load_prepared(paths, "test", params.data.image_size)
+        self.reference = embed(self.classifier, test_images.to(device))[0].double().cpu().numpy()
+        self.n, self.seed = params.evaluate.quick_samples, params.seed
+
+    def __call__(self, generator: Generator) -> float:
+        device = next(self.classifier.parameters()).device
+        fake = generate(generator, self.n, self.seed).to(device)
+        return metrics.fid(self.reference, embed(self.classifier, fake)[0].double().cpu().numpy())
+
+
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
-    generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
-    rng = torch.Generator().manual_seed(params.seed)
-    z = torch.randn(params.evaluate.n_samples, params.model.z_dim, 1, 1, generator=rng)
-    samples_png = paths.reports / "samples.png"
-    save_png(sample_grid(generator, z[:64]), samples_png)
+    """Metrics of the generator and, beside them, of real training images: the reference ceiling."""
+    cfg, size = params.evaluate, params.data.image_size
+    generator = load_generator(paths.models / "generator.safetensors", params.model, size)
+    classifier = load_classifier(paths.models / "classifier.safetensors")
+    test_images, _ = load_prepared(paths, "test", size)
+    train_images, _ = load_prepared(paths, "train", size)
+    reference = embed(classifier, test_images)[0].double().numpy()
 
-    metrics = {f"final_{name}": value for name, value in final_losses(paths).items()}
-    write_json_atomic(paths.reports / "metrics.json", metrics)
+    fake = generate(generator, cfg.n_samples, params.seed)
+    results = quality(classifier, fake, reference, cfg, params.seed)
+    real = quality(classifier, train_images[: cfg.n_samples], reference, cfg, params.seed)
+    results.update({f"real_{name}": value for name, value in real.items()})
+    results["classifier_accuracy"] = _classifier_accuracy(paths)
+    write_json_atomic(paths.reports / "metrics.json", results)
+
+    pictures = save_pictures(generator, classifier, fake, test_images, params, paths.reports)
     with tracking.pipeline_run(paths):
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(samples_png), artifact_path="evaluation")
-    log.info("%s: %s", paths.reports / "metrics.json", metrics)
-    return EvaluateResult(metrics)
+        mlflow.log_metrics({f"eval_{name}": value for name, value in results.items()})
+        mlflow.set_tag("eval.generator_mode", GENERATOR_MODE)
+        for picture in pictures:
+            mlflow.log_artifact(str(picture), artifact_path="evaluation")
+    log.info("%s (generator in %s): %s", paths.reports / "metrics.json", GENERATOR_MODE, results)
+    return EvaluateResult(results)
 
 
-def final_losses(paths: Paths) -> dict[str, float]:
-    """The last training step's losses from reports/losses.csv."""
-    path = paths.reports / "losses.csv"
+def save_pictures(
+    generator: Generator,
+    classifier: Classifier,
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    params: Params,
+    reports: Path,
+) -> list[Path]:
+    """A sample grid, the samples sorted by predicted digit, a latent interpolation and the class histogram."""
+    samples = reports / "samples.png"
+    z = torch.randn(64, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
+    save_png(sample_grid(generator, z), samples)
+
+    # Row d: the ten samples the classifier most confidently calls digit d (blank where there are fewer).
+    _, probs = embed(classifier, fake)
+    confidence, predicted = probs.max(1)
+    rows = torch.full((10, 10, *fake.shape[1:]), -1.0)
+    for digit in range(10):
+        chosen = (predicted == digit).nonzero().flatten()
+        best = chosen[confidence[chosen].argsort(descending=True)[:10]]
+        rows[digit, : len(best)] = fake[best]
+    digits = reports / "digits.png"
+    save_png(tile(rows.flatten(0, 1), nrow=10), digits)
+
+    # Eight straight lines through latent space, ten steps each.
+    ends = torch.randn(2, 8, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed + 1))
+    weights = torch.linspace(0, 1, 10).view(1, 10, 1, 1, 1)
+    line = ends[0].unsqueeze(1) * (1 - weights) + ends[1].unsqueeze(1) * weights  # 8 x 10 x z x 1 x 1
+    interpolation = reports / "interpolation.png"
+    save_png(sample_grid(generator, line.flatten(0, 1), nrow=10), interpolation)
+
+    histogram = reports / "class_histogram.png"
+    _, real_probs = embed(classifier, real)
+    _bar_chart(
+        metrics.class_coverage(probs.double().numpy()).histogram,
+        metrics.class_coverage(real_probs.double().numpy()).histogram,
+        histogram,
+    )
+    return [samples, digits, interpolation, histogram]
+
+
+def _bar_chart(generated: list[float], real: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    digits = np.arange(10)
+    ax.bar(digits - 0.2, generated, width=0.4, label="generated")
+    ax.bar(digits + 0.2, real, width=0.4, label="real (test set)")
+    ax.axhline(0.1, color="grey", linewidth=0.8, linestyle="--")
+    ax.set(xticks=digits, xlabel="predicted digit", ylabel="share of samples", title="Class histogram")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _classifier_accuracy(paths: Paths) -> float:
+    report = paths.reports / "classifier.json"
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        last = rows[-1]
-        return {key: float(value) for key, value in last.items() if key != "step"}
-    except (OSError, IndexError, ValueError) as err:
-        raise DcganError(f"{path}: no training losses ({err}): run `dcgan train` first") from None
+        return float(json.loads(report.read_text())["classifier_accuracy"])
+    except (OSError, ValueError, KeyError) as err:
+        raise DcganError(f"{report}: no classifier accuracy ({err}): run `dcgan classifier` first") from None

@@ -19,6 +19,11 @@ def sample_grid(generator: Generator, z: torch.Tensor, nrow: int = 8) -> torch.T
     generator.eval()
     images = generator(z).float().cpu()  # N x 1 x S x S in [-1, 1]
     generator.train(was_training)
+    return tile(images, nrow)
+
+
+def tile(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """N x 1 x S x S in [-1, 1] -> one H x W x 3 image in [0, 1], `nrow` images a row."""
     grid = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))  # 3 x H x W
     return grid.permute(1, 2, 0)
 

@@ -12,10 +12,11 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -28,6 +29,7 @@ from dcgan.checkpoint import load_checkpoint, resume_mismatch, save_checkpoint
 from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
 from dcgan.errors import DcganError
+from dcgan.evaluate import FidTracker
 from dcgan.files import atomic_path, write_bytes_atomic
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
@@ -47,6 +49,8 @@ class TrainResult:
     resumed_from: int  # 0 for a fresh run
     final: dict[str, float]  # the last step's METRICS
     images_per_second: float
+    best_step: int  # the step of the saved generator: the best by quick FID, else the last
+    best_fid: float | None  # its quick FID (None when evaluate.every_epochs is 0)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -144,6 +148,10 @@ def train(
     fixed_z = torch.randn(GRID_SIZE, params.model.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
     fixed_z = fixed_z.to(device)
     history = torch.zeros(total_steps, len(METRICS))  # per-step METRICS, kept in the checkpoint
+    # Every evaluate.every_epochs, a quick FID; the generator with the best one is the one saved and exported.
+    fid_tracker = FidTracker(params, paths, device) if params.evaluate.every_epochs else None
+    fids: list[tuple[int, float]] = []  # (step, quick FID)
+    best: dict[str, Any] | None = None  # {"step", "fid", "generator": state dict on the CPU}
 
     step, run_id = 0, None
     last = paths.checkpoints / "last.pt"
@@ -162,6 +170,7 @@ def train(
             noise.set_state(state["noise_rng"])
             step, run_id = state["step"], state["mlflow_run_id"]
             history[:step] = state["history"]
+            fids, best = [(int(s), f) for s, f in state["fids"].tolist()], state["best"]
             log.warning("%s: resuming at step %d of %d", last, step, total_steps)
     resumed_from = step
 
@@ -176,6 +185,8 @@ def train(
                 "noise_rng": noise.get_state(),
                 "step": step,
                 "history": history[:step].clone(),
+                "fids": torch.tensor(fids, dtype=torch.float64).reshape(-1, 2),
+                "best": best,
                 "params": params.flat(),
                 "mlflow_run_id": run_id,
             },
@@ -211,6 +222,17 @@ def train(
                         on_progress(step, total_steps, rows[-1][1])
                 if end_of_epoch:
                     log_sample_grid(generator, fixed_z, epoch + 1)
+                if (
+                    fid_tracker
+                    and end_of_epoch
+                    and ((epoch + 1) % params.evaluate.every_epochs == 0 or step == total_steps)
+                ):
+                    fid = fid_tracker(generator)
+                    fids.append((step, fid))
+                    mlflow.log_metric("fid_quick", fid, step=step)
+                    if best is None or fid < best["fid"]:
+                        best = {"step": step, "fid": fid, "generator": _cpu_copy(generator)}
+                    log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
                 if end_of_epoch or step % cfg.checkpoint_every == 0 or step == total_steps:
                     checkpoint()
 
@@ -218,31 +240,42 @@ def train(
         images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
         if trained:
             mlflow.log_metric("images_per_second", images_per_second, step=step)
-        save_weights(paths, generator, discriminator, params)
-        write_losses_csv(paths.reports / "losses.csv", history)
+        chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(generator)}
+        save_weights(paths, chosen["generator"], _cpu_copy(discriminator), params, chosen["step"])
+        write_csv(
+            paths.reports / "losses.csv", ["step", *METRICS], ((s, *row) for s, row in enumerate(history.tolist(), 1))
+        )
+        write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
+        if chosen["fid"] is not None:
+            mlflow.log_metrics({"best_fid_quick": chosen["fid"], "best_step": chosen["step"]})
         for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
             mlflow.log_artifact(str(path), artifact_path="weights")
 
     final = dict(zip(METRICS, history[-1].tolist(), strict=True))
-    return TrainResult(run_id, step, resumed_from, final, images_per_second)
+    return TrainResult(run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"])
 
 
 def log_sample_grid(generator: Generator, z: torch.Tensor, epoch: int) -> None:
     mlflow.log_image(sample_grid(generator, z).numpy(), key="samples", step=epoch)
 
 
-def save_weights(paths: Paths, generator: Generator, discriminator: Discriminator, params: Params) -> None:
-    metadata = {"params": json.dumps(params.flat(), sort_keys=True)}
-    for name, net in (("generator", generator), ("discriminator", discriminator)):
-        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+def _cpu_copy(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def save_weights(
+    paths: Paths, generator: dict[str, torch.Tensor], discriminator: dict[str, torch.Tensor], params: Params, step: int
+) -> None:
+    metadata = {"params": json.dumps(params.flat(), sort_keys=True), "step": str(step)}
+    for name, state in (("generator", generator), ("discriminator", discriminator)):
         with atomic_path(paths.models / f"{name}.safetensors") as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+            save_file(state, tmp, metadata=metadata)
 
 
-def write_losses_csv(path: Path, history: torch.Tensor) -> None:
+def write_csv(path: Path, header: list[str], rows: Iterable[Sequence[float]]) -> None:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["step", *METRICS])
-    for step, row in enumerate(history.tolist(), start=1):
-        writer.writerow([step, *(f"{v:.6g}" for v in row)])
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row[0], *(f"{v:.6g}" for v in row[1:])])
     write_bytes_atomic(path, out.getvalue().encode())

@@ -30,12 +30,14 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from dcgan import tracking  # noqa: E402
+from dcgan.classifier import train_classifier  # noqa: E402
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params  # noqa: E402
+from dcgan.data import prepare  # noqa: E402
 from dcgan.errors import DownloadError  # noqa: E402
 from dcgan.evaluate import EvaluateResult, evaluate  # noqa: E402
 from dcgan.export import ExportResult, export  # noqa: E402
 from dcgan.train import TrainResult, train  # noqa: E402
-from dcgan.versioning import fetch_versioned, prepare_versioned  # noqa: E402
+from dcgan.versioning import fetch_versioned, run_versioned  # noqa: E402
 
 PATHS = Paths()
 
@@ -69,7 +71,12 @@ def fetch_data(params: Params) -> str:
 
 @task
 def prepare_data(params: Params) -> str:
-    return prepare_versioned(params, PATHS)
+    return run_versioned("prepare", prepare, params, PATHS)
+
+
+@task
+def classifier_model(params: Params) -> str:
+    return run_versioned("classifier", train_classifier, params, PATHS)
 
 
 @retried_task
@@ -96,7 +103,7 @@ def export_model(params: Params) -> ExportResult:
 
 @flow(name="train-dcgan", log_prints=True)
 def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fetch and prepare MNIST, train the DCGAN, evaluate it, export it to ONNX and register it.
+    """Fetch and prepare MNIST, train the classifier and the DCGAN, evaluate, export to ONNX and register.
 
     `overrides` maps dotted params.yaml keys to values, e.g. {"train.epochs": 1}.
     """
@@ -104,6 +111,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     params = load_params(PATHS.root / PARAMS_FILE, overrides)
     fetched = fetch_data(params)
     prepared = prepare_data(params)
+    classifier = classifier_model(params)
     trained = train_model(params)
     logger.info("MLflow run %s (%s)", trained.run_id, tracking.tracking_uri(PATHS))
     evaluated = evaluate_model(params)
@@ -116,6 +124,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "resumed_from": trained.resumed_from,
         "fetch": fetched,
         "prepare": prepared,
+        "classifier": classifier,
         "metrics": evaluated.metrics,
         "parity_max_abs_error": exported.max_abs_error,
         "parity_provider": exported.provider,
@@ -134,7 +143,7 @@ def _summary_markdown(params: Params, summary: dict[str, Any]) -> str:
 
 MLflow run `{summary["mlflow_run_id"]}`, registered model `{summary["model_uri"]}`.
 {summary["steps"]} training steps (resumed from step {summary["resumed_from"]}).
-Raw data: {summary["fetch"]}. Prepared data: {summary["prepare"]}.
+Raw data: {summary["fetch"]}. Prepared data: {summary["prepare"]}. Classifier: {summary["classifier"]}.
 
 ONNX parity: max abs error {summary["parity_max_abs_error"]:.3g} on {summary["parity_provider"]} (passed).
 

@@ -41,7 +41,8 @@ TINY = {
         "checkpoint_every": 5,
         "log_every": 4,
     },
-    "evaluate": {"n_samples": 16},
+    "classifier": {"epochs": 1, "batch_size": 64, "lr": 0.001},
+    "evaluate": {"n_samples": 64, "every_epochs": 1, "quick_samples": 32, "kid_subset_size": 16},
     "export": {"opset": 20, "parity_atol": 1.0e-5},
 }
 

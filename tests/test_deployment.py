@@ -117,7 +117,7 @@ def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, 
     (mlflow_run,) = client.search_runs(client.get_experiment_by_name("dcgan-mnist").experiment_id)
     assert mlflow_run.data.tags["prefect.flow_run_id"] == flow_run["id"]
     assert mlflow_run.data.params["train.epochs"] == "1"
-    assert {"loss_d", "loss_g", "final_loss_d", "parity_max_abs_error"} <= set(mlflow_run.data.metrics)
+    assert {"loss_d", "loss_g", "fid_quick", "eval_fid", "parity_max_abs_error"} <= set(mlflow_run.data.metrics)
     version = client.get_model_version("dcgan-generator", "1")
     assert version.run_id == mlflow_run.info.run_id
     downloaded = Path(mlflow.artifacts.download_artifacts("models:/dcgan-generator/1", tracking_uri=mlflow_uri,

@@ -27,17 +27,17 @@ def test_flow_runs_the_pipeline_once_per_mlflow_run(repo, prefect_home, monkeypa
     summary = train_dcgan(overrides={"train.epochs": 1})
 
     assert summary["steps"] == 256 // 32 and summary["model_uri"] == "models:/dcgan-generator/1"
-    assert summary["prepare"] == "prepared and recorded in dvc.lock"
+    assert summary["prepare"] == summary["classifier"] == "ran and recorded in dvc.lock"
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.epochs"] == "1"  # the effective value, not params.yaml's 2
     assert run.data.tags["prefect.flow_run_id"]
-    assert {"loss_d", "final_loss_d", "parity_max_abs_error"} <= set(run.data.metrics)
+    assert {"loss_d", "fid_quick", "eval_fid", "parity_max_abs_error"} <= set(run.data.metrics)
     assert client.get_model_version("dcgan-generator", "1").run_id == run.info.run_id
 
     # A second run: DVC finds the prepared data up to date.
     again = train_dcgan(overrides={"train.epochs": 1})
-    assert again["prepare"] == "up to date: DVC found nothing changed since dvc.lock"
+    assert again["prepare"] == again["classifier"] == "up to date: DVC found nothing changed since dvc.lock"
     assert again["mlflow_run_id"] != summary["mlflow_run_id"]
     assert json.loads((repo / "reports" / "parity.json").read_text())["passed"]
 

@@ -18,14 +18,17 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
     assert (paths.models / "generator.onnx").is_file()
     assert (paths.reports / "samples.png").is_file()
     metrics = json.loads((paths.reports / "metrics.json").read_text())
-    assert set(metrics) == {"final_loss_d", "final_loss_g", "final_d_real", "final_d_fake"}
+    names = ["fid", "kid", "inception_score", "precision", "recall", "digits_covered", "class_kl", "confidence"]
+    assert set(metrics) == {*names, *(f"real_{n}" for n in names), "classifier_accuracy"}
+    for picture in ("samples", "digits", "interpolation", "class_histogram"):
+        assert (paths.reports / f"{picture}.png").is_file()
     parity = json.loads((paths.reports / "parity.json").read_text())
     assert parity["passed"] and parity["max_abs_error"] <= 1e-5 and parity["provider"] == "CPUExecutionProvider"
 
     # All stages logged into one MLflow run, in the SQLite store at the repo's root.
     run_id = json.loads(paths.mlflow_run.read_text())["run_id"]
     run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id)
-    assert {"loss_d", "final_loss_d", "parity_max_abs_error"} <= set(run.data.metrics)
+    assert {"loss_d", "fid_quick", "eval_fid", "parity_max_abs_error"} <= set(run.data.metrics)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert run.data.tags["data.prepared.dvc_md5"] == lock["stages"]["prepare"]["outs"][0]["md5"]
     raw = yaml.safe_load((repo / "data" / "raw" / "mnist.dvc").read_text())
@@ -40,6 +43,6 @@ def test_dvc_exp_run_with_a_param_override(repo: Path):
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"] == 1
     shown = json.loads(run_cmd(repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
-    assert "final_loss_d" in text and "parity.json" in text
+    assert "inception_score" in text and "parity.json" in text
     lines = (Paths(repo).reports / "losses.csv").read_text().splitlines()
     assert len(lines) == 1 + 256 // 32  # one epoch of steps

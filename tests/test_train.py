@@ -1,4 +1,5 @@
 import pickle
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -7,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from dcgan.checkpoint import load_checkpoint
+from dcgan.classifier import train_classifier
 from dcgan.config import Paths, load_params
 from dcgan.data import prepare
 from dcgan.errors import CheckpointError
@@ -18,8 +20,18 @@ STEPS_PER_EPOCH = 256 // 32
 
 @pytest.fixture
 def prepared(project: Paths, tiny) -> Paths:
+    """Prepared data and a (tiny, weak) classifier for the quick FID."""
     prepare(tiny, project)
+    train_classifier(tiny, project)
     return project
+
+
+def _copy(project: Paths, root: Path) -> Paths:
+    """Another project folder with the same data and classifier, for a second, independent run."""
+    shutil.copytree(project.root / "data", root / "data")
+    (root / "models").mkdir()
+    shutil.copy(project.models / "classifier.safetensors", root / "models")
+    return Paths(root)
 
 
 def _weights(paths: Paths) -> dict[str, torch.Tensor]:
@@ -57,6 +69,17 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
     weights = {a.path for a in client.list_artifacts(result.run_id, "weights")}
     assert weights == {"weights/generator.safetensors", "weights/discriminator.safetensors"}
 
+    # A quick FID each epoch; the generator saved is the one with the best.
+    fids = client.get_metric_history(result.run_id, "fid_quick")
+    assert sorted(m.step for m in fids) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    best = min(fids, key=lambda m: m.value)
+    assert (result.best_step, result.best_fid) == (best.step, best.value)
+    from safetensors import safe_open
+
+    with safe_open(prepared.models / "generator.safetensors", framework="pt") as f:
+        assert f.metadata()["step"] == str(best.step)
+    assert (prepared.reports / "fid.csv").read_text().startswith("step,fid_quick\n")
+
     assert (prepared.checkpoints / "last.pt").is_file()
     assert load_checkpoint(prepared.checkpoints / "last.pt")["step"] == result.steps
     lines = (prepared.reports / "losses.csv").read_text().splitlines()
@@ -66,31 +89,23 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
 
 def test_same_seed_same_weights(tmp_path: Path, prepared: Paths, tiny):
     """Two runs in two folders, fp32 and bf16 alike: bit-identical weights on the CPU."""
-    import shutil
-
     for precision in ("fp32", "bf16"):
         params = tiny.model_copy(update={"train": tiny.train.model_copy(update={"precision": precision})})
         runs = []
         for name in ("a", "b"):
             root = tmp_path / f"{precision}-{name}"
-            shutil.copytree(prepared.prepared, Paths(root).prepared)
-            shutil.copytree(prepared.raw, Paths(root).raw)
-            train(params, Paths(root))
+            train(params, _copy(prepared, root))
             runs.append(_weights(Paths(root)))
         assert runs[0].keys() == runs[1].keys()
         assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]), precision
 
 
 def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, tiny):
-    import shutil
-
     uninterrupted = train(tiny, prepared)
     expected = _weights(prepared)
 
     # Train one epoch, then resume with the full schedule.
-    other = Paths(tmp_path / "resumed")
-    shutil.copytree(prepared.prepared, other.prepared)
-    shutil.copytree(prepared.raw, other.raw)
+    other = _copy(prepared, tmp_path / "resumed")
     partial = tiny.model_copy(update={"train": tiny.train.model_copy(update={"epochs": 1})})
     first = train(partial, other)
     assert first.steps == STEPS_PER_EPOCH
@@ -105,16 +120,12 @@ def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, t
 
 
 def test_resume_mid_epoch_after_a_crash(tmp_path: Path, prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
-    import shutil
-
     import dcgan.train
 
     train(tiny, prepared)
     expected = _weights(prepared)
 
-    other = Paths(tmp_path / "crashed")
-    shutil.copytree(prepared.prepared, other.prepared)
-    shutil.copytree(prepared.raw, other.raw)
+    other = _copy(prepared, tmp_path / "crashed")
     real_step, calls = dcgan.train.train_step, []
 
     def crash_at_step_7(*args):
