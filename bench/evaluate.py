@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from dcgan.classifier import embed, load_classifier
+from dcgan.classifier import load_classifier
 from dcgan.config import EvaluateParams, ModelParams
 from dcgan.data import read_idx, to_unit_range
-from dcgan.evaluate import generate, quality
+from dcgan.evaluate import generate, measure, quality
 from dcgan.models import build_models
 
 
@@ -45,13 +45,13 @@ def main() -> None:
     fake = generate(generator, args.samples, seed=0)
     times["generate_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    reference = embed(classifier, test)[0].double().numpy()
+    reference = measure(classifier, test)[0]
     times["reference_features_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    quality(classifier, fake, reference, cfg, seed=0)
+    quality(*measure(classifier, fake), reference, cfg, seed=0)
     times["generated_metrics_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    quality(classifier, train, reference, cfg, seed=0)
+    quality(*measure(classifier, train), reference, cfg, seed=0)
     times["real_metrics_s"] = time.perf_counter() - start
 
     result = {

@@ -26,11 +26,15 @@ SetOption = Annotated[
 
 
 def _run(stage: Callable[[Params, Paths], Any], params_file: Path, overrides: list[str] | None) -> None:
+    _report(lambda: stage(load_params(params_file, parse_overrides(overrides or [])), Paths()))
+
+
+def _report(call: Callable[[], Any]) -> None:
+    """Run `call`, print its result as JSON; a DcganError becomes its message and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("dcgan").setLevel(logging.INFO)  # ours at INFO; the libraries' chatter only from WARNING
     try:
-        params = load_params(params_file, parse_overrides(overrides or []))
-        result = stage(params, Paths())
+        result = call()
     except DcganError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(err.exit_code) from None
@@ -83,3 +87,18 @@ def export(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None)
     from dcgan.export import export
 
     _run(export, params_file, overrides)
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="An .onnx file, or models:/dcgan-generator@champion (via MLflow).")],
+    n: Annotated[int, typer.Option("-n", help="How many digits.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the latents.")] = 0,
+    out: Annotated[Path, typer.Option(help="The grid PNG.")] = Path("grid.png"),
+    individual: Annotated[Path | None, typer.Option(help="Also one PNG per digit in this folder.")] = None,
+    truncation: Annotated[float | None, typer.Option(help="Resample latents beyond +-t.")] = None,
+) -> None:
+    """Sample digits from the exported ONNX generator, with onnxruntime alone (no torch)."""
+    from dcgan.generate import generate_images
+
+    _report(lambda: generate_images(model, n, seed, out, individual, truncation))

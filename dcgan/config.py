@@ -78,7 +78,11 @@ class EvaluateParams(_Section):
 
 class ExportParams(_Section):
     opset: int = Field(default=20, ge=18)
-    parity_atol: float = Field(default=1e-5, gt=0)
+    parity_atol: float = Field(default=1e-5, gt=0)  # fp32 on ONNX Runtime's CPU provider
+    parity_atol_cuda: float = Field(default=1e-4, gt=0)  # fp32 on the CUDA provider, TF32 off on both sides
+    bn_recalibration_batches: int = Field(default=50, ge=0)  # 0 keeps the running statistics of training
+    fp16: bool = False  # also write models/generator_fp16.onnx, checked against the fp32 torch model
+    parity_atol_fp16: float = Field(default=1e-3, gt=0)
 
 
 class Params(_Section):

@@ -8,6 +8,7 @@ The generator is evaluated as it will be exported: eval mode, BatchNorm with its
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -23,17 +24,29 @@ from dcgan.config import EvaluateParams, Params, Paths
 from dcgan.data import load_prepared
 from dcgan.errors import DcganError
 from dcgan.files import atomic_path, write_json_atomic
-from dcgan.models import Generator, load_generator
+from dcgan.models import Generator, load_generator, recalibrate_batchnorm
 from dcgan.pictures import sample_grid, save_png, tile
 
 log = logging.getLogger(__name__)
 
-GENERATOR_MODE = "eval mode (BatchNorm running statistics), as exported"
+GENERATOR_MODE = "eval mode, BatchNorm statistics re-estimated as for the export"
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
     metrics: dict[str, float]
+
+
+def generator_as_exported(params: Params, paths: Paths) -> Generator:
+    """The saved generator with its BatchNorm statistics re-estimated (export.bn_recalibration_batches): the
+    network `export` writes to ONNX, in eval mode."""
+    generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
+    return as_exported(generator, params)
+
+
+def as_exported(generator: Generator, params: Params) -> Generator:
+    batches = params.export.bn_recalibration_batches
+    return recalibrate_batchnorm(generator, batches, params.train.batch_size, params.seed)
 
 
 @torch.no_grad()
@@ -48,11 +61,16 @@ def generate(generator: Generator, n: int, seed: int, batch: int = 500) -> torch
     return images
 
 
+def measure(classifier: Classifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's (features N x 128, class probabilities N x 10) of `images`, float64 arrays."""
+    features, probs = embed(classifier, images)
+    return features.double().cpu().numpy(), probs.double().cpu().numpy()
+
+
 def quality(
-    classifier: Classifier, images: torch.Tensor, reference: np.ndarray, cfg: EvaluateParams, seed: int
+    features: np.ndarray, probs: np.ndarray, reference: np.ndarray, cfg: EvaluateParams, seed: int
 ) -> dict[str, float]:
-    """All metrics of `images` against the reference features (the test set's)."""
-    features, probs = (t.double().numpy() for t in embed(classifier, images))
+    """All metrics of one sample set (its classifier features and probabilities) against the reference features."""
     precision, recall = metrics.precision_recall(reference, features)
     coverage = metrics.class_coverage(probs)
     return {
@@ -68,37 +86,43 @@ def quality(
 
 
 class FidTracker:
-    """The FID of a generator on a fixed latent batch against the test set, cheap enough to run each epoch."""
+    """The FID of a generator on a fixed latent batch against the test set, cheap enough to run each epoch.
+
+    It measures the generator as it would be exported (a copy, BatchNorm statistics re-estimated) unless told
+    `as_is`.
+    """
 
     def __init__(self, params: Params, paths: Paths, device: torch.device):
         self.classifier = load_classifier(paths.models / "classifier.safetensors").to(device)
         test_images, _ = load_prepared(paths, "test", params.data.image_size)
-        self.reference = embed(self.classifier, test_images.to(device))[0].double().cpu().numpy()
-        self.n, self.seed = params.evaluate.quick_samples, params.seed
+        self.reference = measure(self.classifier, test_images.to(device))[0]
+        self.params = params
 
-    def __call__(self, generator: Generator) -> float:
+    def __call__(self, generator: Generator, as_is: bool = False) -> float:
         device = next(self.classifier.parameters()).device
-        fake = generate(generator, self.n, self.seed).to(device)
-        return metrics.fid(self.reference, embed(self.classifier, fake)[0].double().cpu().numpy())
+        measured = generator if as_is else as_exported(copy.deepcopy(generator), self.params)
+        fake = generate(measured, self.params.evaluate.quick_samples, self.params.seed).to(device)
+        return metrics.fid(self.reference, measure(self.classifier, fake)[0])
 
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     """Metrics of the generator and, beside them, of real training images: the reference ceiling."""
     cfg, size = params.evaluate, params.data.image_size
-    generator = load_generator(paths.models / "generator.safetensors", params.model, size)
+    generator = generator_as_exported(params, paths)
     classifier = load_classifier(paths.models / "classifier.safetensors")
     test_images, _ = load_prepared(paths, "test", size)
     train_images, _ = load_prepared(paths, "train", size)
-    reference = embed(classifier, test_images)[0].double().numpy()
+    reference, reference_probs = measure(classifier, test_images)
 
     fake = generate(generator, cfg.n_samples, params.seed)
-    results = quality(classifier, fake, reference, cfg, params.seed)
-    real = quality(classifier, train_images[: cfg.n_samples], reference, cfg, params.seed)
+    fake_features, fake_probs = measure(classifier, fake)
+    results = quality(fake_features, fake_probs, reference, cfg, params.seed)
+    real = quality(*measure(classifier, train_images[: cfg.n_samples]), reference, cfg, params.seed)
     results.update({f"real_{name}": value for name, value in real.items()})
     results["classifier_accuracy"] = _classifier_accuracy(paths)
     write_json_atomic(paths.reports / "metrics.json", results)
 
-    pictures = save_pictures(generator, classifier, fake, test_images, params, paths.reports)
+    pictures = save_pictures(generator, fake, fake_probs, reference_probs, params, paths.reports)
     with tracking.pipeline_run(paths):
         mlflow.log_metrics({f"eval_{name}": value for name, value in results.items()})
         mlflow.set_tag("eval.generator_mode", GENERATOR_MODE)
@@ -110,9 +134,9 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
 
 def save_pictures(
     generator: Generator,
-    classifier: Classifier,
     fake: torch.Tensor,
-    real: torch.Tensor,
+    fake_probs: np.ndarray,
+    real_probs: np.ndarray,
     params: Params,
     reports: Path,
 ) -> list[Path]:
@@ -122,8 +146,7 @@ def save_pictures(
     save_png(sample_grid(generator, z), samples)
 
     # Row d: the ten samples the classifier most confidently calls digit d (blank where there are fewer).
-    _, probs = embed(classifier, fake)
-    confidence, predicted = probs.max(1)
+    confidence, predicted = torch.from_numpy(fake_probs).max(1)
     rows = torch.full((10, 10, *fake.shape[1:]), -1.0)
     for digit in range(10):
         chosen = (predicted == digit).nonzero().flatten()
@@ -140,12 +163,7 @@ def save_pictures(
     save_png(sample_grid(generator, line.flatten(0, 1), nrow=10), interpolation)
 
     histogram = reports / "class_histogram.png"
-    _, real_probs = embed(classifier, real)
-    _bar_chart(
-        metrics.class_coverage(probs.double().numpy()).histogram,
-        metrics.class_coverage(real_probs.double().numpy()).histogram,
-        histogram,
-    )
+    _bar_chart(metrics.class_coverage(fake_probs).histogram, metrics.class_coverage(real_probs).histogram, histogram)
     return [samples, digits, interpolation, histogram]
 
 

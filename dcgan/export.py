@@ -1,32 +1,38 @@
-"""Export the generator to ONNX and check that ONNX Runtime computes what torch computes.
+"""Export the generator to ONNX, check that ONNX Runtime computes what torch computes, register and promote it.
 
-models/generator.safetensors -> models/generator.onnx, reports/parity.json
+models/generator.safetensors -> models/generator.onnx, reports/parity.json,
+                                a new version of `dcgan-generator` in the MLflow registry (alias `champion`
+                                when it passed parity and beats the champion's FID)
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.onnx
 import numpy as np
 import onnx
 import torch
+from mlflow.exceptions import MlflowException
 
 from dcgan import tracking
 from dcgan.config import Params, Paths
-from dcgan.errors import ParityError
+from dcgan.errors import DcganError, ParityError
+from dcgan.evaluate import FidTracker, as_exported
 from dcgan.files import atomic_path, write_json_atomic
 from dcgan.models import Generator, load_generator
 
 log = logging.getLogger(__name__)
 
-PARITY_BATCHES = (1, 7, 64)
-
-
 REGISTERED_MODEL = "dcgan-generator"
+CHAMPION = "champion"
+PARITY_BATCHES = (1, 7, 64)
 
 
 @dataclass(frozen=True)
@@ -35,41 +41,152 @@ class ExportResult:
     max_abs_error: float
     provider: str
     model_uri: str  # models:/dcgan-generator/<version>
+    promotion: str  # whether it became the champion, and why
 
 
 def export(params: Params, paths: Paths) -> ExportResult:
-    """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check, then log it
-    to the MLflow run and register it as a new version of `dcgan-generator`."""
-    generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
-    target = paths.models / "generator.onnx"
+    """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check, log it to the
+    pipeline's MLflow run, register it as a new version of `dcgan-generator`, and promote it if it is better."""
+    trained = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
+    fid = _evaluated_fid(paths)
     with tracking.pipeline_run(paths) as run_id:
-        with atomic_path(target) as tmp:
-            to_onnx(generator, tmp, params.export.opset)
-            model = onnx.load(tmp)
-            onnx.helper.set_model_props(
-                model,
-                {
-                    "z_dim": str(params.model.z_dim),
-                    "image_size": str(params.data.image_size),
-                    "value_range": "[-1, 1]",
-                    "mlflow_run_id": run_id,
-                },
-            )
-            onnx.save(model, tmp)
-            onnx.checker.check_model(tmp, full_check=True)
-            report = parity(generator, tmp, params.seed, params.export.parity_atol)
-            write_json_atomic(paths.reports / "parity.json", report)
-            mlflow.log_metric("parity_max_abs_error", report["max_abs_error"])
-            if not report["passed"]:
-                raise ParityError(
-                    f"{target}: ONNX Runtime differs from torch by {report['max_abs_error']:.3g} "
-                    f"(tolerance {params.export.parity_atol:g}); the file was not written"
-                )
+        # BatchNorm's running statistics from training against re-estimated ones, measured the same way.
+        tracker = FidTracker(params, paths, torch.device("cpu"))
+        fid_stale = tracker(trained, as_is=True)
+        generator = as_exported(trained, params)
+        fid_recalibrated = tracker(generator, as_is=True)
+        mlflow.log_metrics(
+            {"export_fid_quick_bn_training": fid_stale, "export_fid_quick_bn_recalibrated": fid_recalibrated}
+        )
+        log.info("quick FID with BatchNorm statistics of training %.3f, re-estimated %.3f", fid_stale, fid_recalibrated)
+
+        target = paths.models / "generator.onnx"
+        report = export_checked(generator, target, params, paths, run_id)
+        if params.export.fp16:
+            half_target = paths.models / "generator_fp16.onnx"
+            report["fp16"] = export_checked(generator, half_target, params, paths, run_id, half=True)
+            mlflow.log_artifact(str(half_target), artifact_path="onnx")
+        write_json_atomic(paths.reports / "parity.json", report)
         version = register(onnx.load(target), params)
+        promotion = promote(version, fid)
+        mlflow.set_tag("registry.promotion", promotion)
     model_uri = f"models:/{REGISTERED_MODEL}/{version}"
     log.info("%s: parity max abs error %.3g on %s", target, report["max_abs_error"], report["provider"])
-    log.info("registered %s", model_uri)
-    return ExportResult(target, report["max_abs_error"], report["provider"], model_uri)
+    log.info("registered %s; %s", model_uri, promotion)
+    return ExportResult(target, report["max_abs_error"], report["provider"], model_uri, promotion)
+
+
+def export_checked(
+    generator: Generator, target: Path, params: Params, paths: Paths, run_id: str, half: bool = False
+) -> dict[str, Any]:
+    """Export (fp32, or fp16 with `half`), check the model and its parity; `target` is written only if it passes.
+
+    Returns the parity report; its figures also go to the MLflow run.
+    """
+    prefix = "parity_fp16" if half else "parity"
+    with atomic_path(target) as tmp:
+        to_onnx(copy.deepcopy(generator).half() if half else generator, tmp, params.export.opset)
+        _set_metadata(tmp, params, paths, run_id)
+        onnx.checker.check_model(tmp, full_check=True)
+        report = parity(generator, tmp, params, half)
+        mlflow.log_metrics({f"{prefix}_max_abs_error": report["max_abs_error"], f"{prefix}_passed": report["passed"]})
+        mlflow.set_tag(f"{prefix}.provider", report["provider"])
+        if not report["passed"]:
+            write_json_atomic(paths.reports / "parity.json", report)
+            raise ParityError(
+                f"{target}: ONNX Runtime ({report['provider']}) differs from torch by {report['max_abs_error']:.3g}"
+                f" (tolerance {report['tolerance']:g}); the file was not written and nothing was registered"
+            )
+    return report
+
+
+def to_onnx(generator: Generator, path: Path, opset: int) -> None:
+    """`generator` to ONNX at `path`: one file, input z with a dynamic batch axis, in the generator's dtype."""
+    generator = generator.cpu().eval()
+    z = torch.randn(2, generator.z_dim, 1, 1).to(next(generator.parameters()).dtype)
+    program = torch.onnx.export(
+        generator,
+        (z,),
+        input_names=["z"],
+        output_names=["images"],
+        dynamic_shapes={"z": {0: torch.export.Dim("batch")}},
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+    )
+    assert program is not None
+    program.save(str(path), external_data=False)
+
+
+def _set_metadata(path: Path, params: Params, paths: Paths, run_id: str) -> None:
+    model = onnx.load(path)
+    onnx.helper.set_model_props(
+        model,
+        {
+            "z_dim": str(params.model.z_dim),
+            "image_size": str(params.data.image_size),
+            "value_range": "[-1, 1]",
+            "mlflow_run_id": run_id,
+            "data_dvc_md5": tracking.dvc_hash(paths.prepared),
+            "git_commit": tracking.git_commit(paths.root),
+        },
+    )
+    onnx.save(model, path)
+
+
+def parity(generator: Generator, path: Path, params: Params, half: bool = False) -> dict[str, Any]:
+    """Torch (fp32) against ONNX Runtime on fixed and seeded random latents at several batch sizes.
+
+    Where CUDA is available both run on it (TF32 off on both sides, CPU fallback disabled, and the check fails
+    if the CUDA provider did not run); elsewhere on the CPU provider. With `half`, the ONNX model is the fp16
+    export, fed fp16 latents, against the same fp32 torch model. Relative error is the max abs error over the
+    largest output magnitude.
+    """
+    import onnxruntime as ort
+
+    use_cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    options = ort.SessionOptions()
+    if use_cuda:
+        ort.preload_dlls()
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": "0"})]
+        tolerance, device = params.export.parity_atol_cuda, torch.device("cuda")
+    else:
+        providers, tolerance, device = ["CPUExecutionProvider"], params.export.parity_atol, torch.device("cpu")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    ran = session.get_providers()
+    if use_cuda and ran[0] != "CUDAExecutionProvider":
+        raise ParityError(f"{path}: the CUDA provider did not run (providers: {ran})")
+    if half:
+        tolerance = params.export.parity_atol_fp16
+
+    generator = generator.to(device).eval()
+    rng = torch.Generator().manual_seed(params.seed)
+    cases = {}
+    for batch in PARITY_BATCHES:
+        fixed = torch.linspace(-2, 2, batch * generator.z_dim).reshape(batch, generator.z_dim, 1, 1)
+        for kind, z in (("fixed", fixed), ("random", torch.randn(batch, generator.z_dim, 1, 1, generator=rng))):
+            with torch.no_grad():
+                expected = generator(z.to(device)).cpu().numpy()
+            (actual,) = session.run(["images"], {"z": z.numpy().astype(np.float16 if half else np.float32)})
+            abs_error = float(np.abs(actual.astype(np.float32) - expected).max())
+            cases[f"{kind}_batch_{batch}"] = {
+                "max_abs_error": abs_error,
+                "max_rel_error": abs_error / max(float(np.abs(expected).max()), 1e-12),
+            }
+    worst = max(case["max_abs_error"] for case in cases.values())
+    return {
+        "provider": ran[0],
+        "providers": ran,
+        "device": "cuda" if use_cuda else "cpu (no CUDA here: the CPU provider was checked)",
+        "precision": "fp16" if half else "fp32",
+        "max_abs_error": worst,
+        "max_rel_error": max(case["max_rel_error"] for case in cases.values()),
+        "tolerance": tolerance,
+        "passed": worst <= tolerance,
+        "cases": cases,
+    }
 
 
 def register(model: onnx.ModelProto, params: Params) -> str:
@@ -91,46 +208,35 @@ def register(model: onnx.ModelProto, params: Params) -> str:
     return str(info.registered_model_version)
 
 
+def promote(version: str, fid: float) -> str:
+    """Point the `champion` alias at `version` if its FID beats the current champion's (or there is none).
+
+    Only a version that passed parity gets here. Returns the decision and its reason, in words.
+    """
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(REGISTERED_MODEL, version, "fid", repr(fid))
+    try:
+        champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is not None:
+        champion_fid = float(champion.tags.get("fid", "inf"))
+        if fid >= champion_fid:
+            return f"not promoted: FID {fid:.4g} is not below champion version {champion.version}'s {champion_fid:.4g}"
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    before = f"version {champion.version}" if champion else "none"
+    return f"promoted to {CHAMPION}: FID {fid:.4g} (champion before: {before})"
+
+
+def _evaluated_fid(paths: Paths) -> float:
+    report = paths.reports / "metrics.json"
+    try:
+        return float(json.loads(report.read_text())["fid"])
+    except (OSError, ValueError, KeyError) as err:
+        raise DcganError(f"{report}: no FID ({err}): run `dcgan evaluate` first") from None
+
+
 def _version(distribution: str) -> str:
     from importlib.metadata import version
 
     return version(distribution)
-
-
-def to_onnx(generator: Generator, path: Path, opset: int) -> None:
-    z = torch.randn(2, generator.z_dim, 1, 1)
-    program = torch.onnx.export(
-        generator.eval(),
-        (z,),
-        input_names=["z"],
-        output_names=["images"],
-        dynamic_shapes={"z": {0: torch.export.Dim("batch")}},
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-    )
-    assert program is not None
-    program.save(str(path), external_data=False)
-
-
-def parity(generator: Generator, path: Path, seed: int, atol: float) -> dict:
-    """Max abs error between torch (fp32, CPU) and ONNX Runtime's CPU provider on seeded latents."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = torch.Generator().manual_seed(seed)
-    errors = {}
-    for batch in PARITY_BATCHES:
-        z = torch.randn(batch, generator.z_dim, 1, 1, generator=rng)
-        with torch.no_grad():
-            expected = generator(z).numpy()
-        (actual,) = session.run(["images"], {"z": z.numpy()})
-        errors[str(batch)] = float(np.abs(actual - expected).max())
-    worst = max(errors.values())
-    return {
-        "provider": session.get_providers()[0],
-        "max_abs_error": worst,
-        "max_abs_error_by_batch": errors,
-        "tolerance": atol,
-        "passed": worst <= atol,
-    }

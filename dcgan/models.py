@@ -108,3 +108,27 @@ def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator
     except (RuntimeError, OSError, SafetensorError) as err:
         raise CheckpointError(f"{path}: does not fit a generator with these params: {err}") from None
     return generator.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: Generator, batches: int, batch_size: int, seed: int) -> Generator:
+    """Recompute BatchNorm's running statistics as the plain average over `batches` latent batches in train mode.
+
+    Training leaves them an exponential average of batches from many past weights; eval mode (and the ONNX
+    export) uses them, so samples can look worse than in training. Returns the generator in eval mode.
+    """
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms or batches == 0:
+        return generator.eval()
+    device = next(generator.parameters()).device
+    rng = torch.Generator().manual_seed(seed)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: each batch counts the same
+    generator.train()
+    for _ in range(batches):
+        generator(torch.randn(batch_size, generator.z_dim, 1, 1, generator=rng).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return generator.eval()

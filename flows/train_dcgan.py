@@ -128,6 +128,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "metrics": evaluated.metrics,
         "parity_max_abs_error": exported.max_abs_error,
         "parity_provider": exported.provider,
+        "promotion": exported.promotion,
     }
     create_markdown_artifact(_summary_markdown(params, summary), key="train-dcgan-summary")
     create_link_artifact(
@@ -146,6 +147,7 @@ MLflow run `{summary["mlflow_run_id"]}`, registered model `{summary["model_uri"]
 Raw data: {summary["fetch"]}. Prepared data: {summary["prepare"]}. Classifier: {summary["classifier"]}.
 
 ONNX parity: max abs error {summary["parity_max_abs_error"]:.3g} on {summary["parity_provider"]} (passed).
+Registry: {summary["promotion"]}.
 
 | metric | value |
 | --- | --- |

@@ -43,7 +43,14 @@ TINY = {
     },
     "classifier": {"epochs": 1, "batch_size": 64, "lr": 0.001},
     "evaluate": {"n_samples": 64, "every_epochs": 1, "quick_samples": 32, "kid_subset_size": 16},
-    "export": {"opset": 20, "parity_atol": 1.0e-5},
+    "export": {
+        "opset": 20,
+        "parity_atol": 1.0e-5,
+        "parity_atol_cuda": 1.0e-4,
+        "bn_recalibration_batches": 4,
+        "fp16": False,
+        "parity_atol_fp16": 1.0e-3,
+    },
 }
 
 

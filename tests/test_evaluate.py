@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dcgan import metrics
-from dcgan.classifier import embed, load_classifier, predict
+from dcgan.classifier import load_classifier, predict
 from dcgan.config import EvaluateParams
 from dcgan.data import parse_idx, to_unit_range
-from dcgan.evaluate import quality
+from dcgan.evaluate import measure, quality
 
 from .conftest import FIXTURE_DIR
 
@@ -42,7 +42,11 @@ def real():
 
 @pytest.fixture(scope="module")
 def reference(classifier, real) -> np.ndarray:
-    return embed(classifier, real[2])[0].double().numpy()
+    return measure(classifier, real[2])[0]
+
+
+def _quality(classifier, images: torch.Tensor, reference: np.ndarray, cfg: EvaluateParams, seed: int) -> dict:
+    return quality(*measure(classifier, images), reference, cfg, seed)
 
 
 def test_the_classifier_reads_digits(classifier, real):
@@ -53,7 +57,7 @@ def test_the_classifier_reads_digits(classifier, real):
 def test_real_against_real_scores_like_real(classifier, real, reference):
     # (Its FID, about 55 here, is mostly the bias of estimating 128 x 128 covariances from 256 and 512 images:
     # the tests compare FIDs with one another; at 10,000 samples real against real is near 1.)
-    scores = quality(classifier, real[0], reference, CFG, seed=0)
+    scores = _quality(classifier, real[0], reference, CFG, seed=0)
     assert scores["inception_score"] > 8.5
     assert scores["digits_covered"] == 10 and scores["class_kl"] < 0.05
     assert scores["precision"] > 0.6 and scores["recall"] > 0.6
@@ -62,8 +66,8 @@ def test_real_against_real_scores_like_real(classifier, real, reference):
 
 def test_noise_scores_like_noise(classifier, real, reference):
     noise = torch.rand(512, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    scores = quality(classifier, noise, reference, CFG, seed=0)
-    real_scores = quality(classifier, real[0], reference, CFG, seed=0)
+    scores = _quality(classifier, noise, reference, CFG, seed=0)
+    real_scores = _quality(classifier, real[0], reference, CFG, seed=0)
     assert scores["fid"] > 20 * real_scores["fid"]
     assert scores["kid"] > 20 * real_scores["kid"]
     assert scores["inception_score"] < 1.5
@@ -72,16 +76,18 @@ def test_noise_scores_like_noise(classifier, real, reference):
 
 def test_a_single_digit_is_flagged_as_collapse(classifier, real, reference):
     ones = real[0][real[1] == 1]
-    scores = quality(classifier, ones, reference, CFG, seed=0)
+    scores = _quality(classifier, ones, reference, CFG, seed=0)
     assert scores["digits_covered"] == 1
     assert scores["class_kl"] > 2.0  # log(10) = 2.30 for one class
     assert scores["inception_score"] < 1.5
     assert scores["recall"] < 0.3
-    assert scores["fid"] > 10 * quality(classifier, real[0], reference, CFG, seed=0)["fid"]
+    assert scores["fid"] > 10 * _quality(classifier, real[0], reference, CFG, seed=0)["fid"]
 
 
 def test_same_inputs_same_seed_same_numbers(classifier, real, reference):
-    assert quality(classifier, real[0], reference, CFG, seed=3) == quality(classifier, real[0], reference, CFG, seed=3)
+    assert _quality(classifier, real[0], reference, CFG, seed=3) == _quality(
+        classifier, real[0], reference, CFG, seed=3
+    )
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
