@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from dcgan.config import Params, Paths
 from dcgan.data import SPLIT_PREFIX, read_idx, to_unit_range
 from dcgan.errors import CheckpointError
-from dcgan.files import atomic_path, write_json_atomic
+from dcgan.files import write_json_atomic
+from dcgan.tensors import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,7 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
     accuracy = (predict(model, test_x).argmax(1) == test_y).float().mean().item()
 
     target = paths.models / "classifier.safetensors"
-    with atomic_path(target) as tmp:
-        save_file(model.state_dict(), tmp, metadata={"image_size": str(size), "test_accuracy": f"{accuracy:.6f}"})
+    save_tensors(model.state_dict(), target, {"image_size": size, "test_accuracy": accuracy})
     write_json_atomic(paths.reports / "classifier.json", {"classifier_accuracy": accuracy})
     log.info("%s: test accuracy %.4f", target, accuracy)
     return ClassifierResult(accuracy, target)

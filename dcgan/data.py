@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import os
 import urllib.error
@@ -20,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from dcgan.config import Params, Paths
 from dcgan.errors import DataError, DownloadError
-from dcgan.files import atomic_path, write_bytes_atomic
+from dcgan.files import write_bytes_atomic
+from dcgan.tensors import read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,13 @@ def prepare(params: Params, paths: Paths) -> PrepareResult:
         tensors = {"images": to_unit_range(images, size), "labels": torch.from_numpy(labels.astype(np.int64))}
         metadata = {
             "split": split,
-            "image_size": str(size),
-            "count": str(len(labels)),
-            "value_range": "[-1, 1]",
-            "source_sha256": json.dumps({p.name: sha256(p.read_bytes()) for p in (images_path, labels_path)}),
+            "image_size": size,
+            "count": len(labels),
+            "value_range": [-1, 1],
+            "source_sha256": {p.name: sha256(p.read_bytes()) for p in (images_path, labels_path)},
         }
         target = paths.prepared / f"{split}.safetensors"
-        with atomic_path(target) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+        save_tensors(tensors, target, metadata)
         counts[split] = len(labels)
         log.info("%s: %d images at %dx%d", target, len(labels), size, size)
     return PrepareResult(counts=counts, image_size=size)
@@ -205,14 +204,14 @@ def load_prepared(paths: Paths, split: str, image_size: int) -> tuple[torch.Tens
     if not path.is_file():
         raise DataError(f"{path}: missing: run `dcgan prepare` first")
     try:
-        with safe_open(path, framework="pt") as f:
-            found = int((f.metadata() or {}).get("image_size", -1))
-            if found != image_size:
-                raise DataError(
-                    f"{path}: holds {found}x{found} images but data.image_size is {image_size}: run `dcgan prepare`"
-                )
-            return f.get_tensor("images"), f.get_tensor("labels")
-    except (OSError, ValueError, SafetensorError) as err:
+        found = read_metadata(path).get("image_size")
+        if found != image_size:
+            raise DataError(
+                f"{path}: holds {found}x{found} images but data.image_size is {image_size}: run `dcgan prepare`"
+            )
+        tensors = load_file(path)
+        return tensors["images"], tensors["labels"]
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise DataError(f"{path}: not a prepared data file: {err}") from None
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,7 +20,6 @@ from typing import Any
 import mlflow
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from dcgan import tracking
@@ -30,9 +28,10 @@ from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
 from dcgan.errors import DcganError
 from dcgan.evaluate import FidTracker
-from dcgan.files import atomic_path, write_bytes_atomic
+from dcgan.files import write_bytes_atomic
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
+from dcgan.tensors import save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +265,8 @@ def _cpu_copy(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(
     paths: Paths, generator: dict[str, torch.Tensor], discriminator: dict[str, torch.Tensor], params: Params, step: int
 ) -> None:
-    metadata = {"params": json.dumps(params.flat(), sort_keys=True), "step": str(step)}
     for name, state in (("generator", generator), ("discriminator", discriminator)):
-        with atomic_path(paths.models / f"{name}.safetensors") as tmp:
-            save_file(state, tmp, metadata=metadata)
+        save_tensors(state, paths.models / f"{name}.safetensors", {"params": params.flat(), "step": step})
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[Sequence[float]]) -> None:

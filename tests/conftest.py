@@ -49,7 +49,7 @@ TINY = {
         "parity_atol_cuda": 1.0e-4,
         "bn_recalibration_batches": 4,
         "fp16": False,
-        "parity_atol_fp16": 1.0e-3,
+        "parity_atol_fp16": 0.0078,
     },
 }
 

@@ -79,7 +79,7 @@ def test_fp16_variant_has_its_own_parity(trained: Paths, tiny):
     half = tiny.model_copy(update={"export": tiny.export.model_copy(update={"fp16": True})})
     export(half, trained)
     report = json.loads((trained.reports / "parity.json").read_text())["fp16"]
-    assert report["precision"] == "fp16" and report["passed"] and report["tolerance"] == 1e-3
+    assert report["precision"] == "fp16" and report["passed"] and report["tolerance"] == 0.0078
     fp16 = trained.models / "generator_fp16.onnx"
     weights = [t for t in onnx.load(fp16).graph.initializer if len(t.dims) == 4]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)  # half the bytes

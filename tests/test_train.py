@@ -12,6 +12,7 @@ from dcgan.classifier import train_classifier
 from dcgan.config import Paths, load_params
 from dcgan.data import prepare
 from dcgan.errors import CheckpointError
+from dcgan.tensors import read_metadata
 from dcgan.tracking import EXPERIMENT, dvc_hash, tracking_uri
 from dcgan.train import METRICS, train
 
@@ -74,10 +75,7 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
     assert sorted(m.step for m in fids) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     best = min(fids, key=lambda m: m.value)
     assert (result.best_step, result.best_fid) == (best.step, best.value)
-    from safetensors import safe_open
-
-    with safe_open(prepared.models / "generator.safetensors", framework="pt") as f:
-        assert f.metadata()["step"] == str(best.step)
+    assert read_metadata(prepared.models / "generator.safetensors")["step"] == best.step
     assert (prepared.reports / "fid.csv").read_text().startswith("step,fid_quick\n")
 
     assert (prepared.checkpoints / "last.pt").is_file()
