@@ -15,16 +15,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from dcgan.config import Params, Paths
 from dcgan.data import SPLIT_PREFIX, read_idx, to_unit_range
-from dcgan.errors import CheckpointError
 from dcgan.files import write_json_atomic
-from dcgan.tensors import save_tensors
+from dcgan.tensors import load_weights, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +92,8 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
 
 
 def load_classifier(path: Path) -> Classifier:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing: run `dcgan classifier` first")
     model = Classifier()
-    try:
-        model.load_state_dict(load_file(path))
-    except (RuntimeError, OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: not a classifier of this architecture: {err}") from None
+    load_weights(model, path, "classifier")
     return model.eval()
 
 

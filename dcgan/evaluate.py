@@ -9,7 +9,6 @@ The generator is evaluated as it will be exported: eval mode, BatchNorm with its
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,7 @@ from dcgan import metrics, tracking
 from dcgan.classifier import Classifier, embed, load_classifier
 from dcgan.config import EvaluateParams, Params, Paths
 from dcgan.data import load_prepared
-from dcgan.errors import DcganError
-from dcgan.files import atomic_path, write_json_atomic
+from dcgan.files import atomic_path, read_json_number, write_json_atomic
 from dcgan.models import Generator, load_generator, recalibrate_batchnorm
 from dcgan.pictures import sample_grid, save_png, tile
 
@@ -119,7 +117,9 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     results = quality(fake_features, fake_probs, reference, cfg, params.seed)
     real = quality(*measure(classifier, train_images[: cfg.n_samples]), reference, cfg, params.seed)
     results.update({f"real_{name}": value for name, value in real.items()})
-    results["classifier_accuracy"] = _classifier_accuracy(paths)
+    results["classifier_accuracy"] = read_json_number(
+        paths.reports / "classifier.json", "classifier_accuracy", "classifier"
+    )
     write_json_atomic(paths.reports / "metrics.json", results)
 
     pictures = save_pictures(generator, fake, fake_probs, reference_probs, params, paths.reports)
@@ -184,11 +184,3 @@ def _bar_chart(generated: list[float], real: list[float], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def _classifier_accuracy(paths: Paths) -> float:
-    report = paths.reports / "classifier.json"
-    try:
-        return float(json.loads(report.read_text())["classifier_accuracy"])
-    except (OSError, ValueError, KeyError) as err:
-        raise DcganError(f"{report}: no classifier accuracy ({err}): run `dcgan classifier` first") from None

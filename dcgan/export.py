@@ -8,7 +8,6 @@ models/generator.safetensors -> models/generator.onnx, reports/parity.json,
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from mlflow.exceptions import MlflowException
 
 from dcgan import tracking
 from dcgan.config import Params, Paths
-from dcgan.errors import DcganError, ParityError
+from dcgan.errors import ParityError
 from dcgan.evaluate import FidTracker, as_exported
-from dcgan.files import atomic_path, write_json_atomic
+from dcgan.files import atomic_path, read_json_number, write_json_atomic
 from dcgan.models import Generator, load_generator
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def export(params: Params, paths: Paths) -> ExportResult:
     """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check, log it to the
     pipeline's MLflow run, register it as a new version of `dcgan-generator`, and promote it if it is better."""
     trained = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
-    fid = _evaluated_fid(paths)
+    fid = read_json_number(paths.reports / "metrics.json", "fid", "evaluate")
     with tracking.pipeline_run(paths) as run_id:
         # BatchNorm's running statistics from training against re-estimated ones, measured the same way.
         tracker = FidTracker(params, paths, torch.device("cpu"))
@@ -226,14 +225,6 @@ def promote(version: str, fid: float) -> str:
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
     before = f"version {champion.version}" if champion else "none"
     return f"promoted to {CHAMPION}: FID {fid:.4g} (champion before: {before})"
-
-
-def _evaluated_fid(paths: Paths) -> float:
-    report = paths.reports / "metrics.json"
-    try:
-        return float(json.loads(report.read_text())["fid"])
-    except (OSError, ValueError, KeyError) as err:
-        raise DcganError(f"{report}: no FID ({err}): run `dcgan evaluate` first") from None
 
 
 def _version(distribution: str) -> str:

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dcgan.errors import DcganError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -44,3 +46,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_json_number(path: Path, key: str, stage: str) -> float:
+    """`key` of the JSON report at `path`; its absence is a DcganError naming the `dcgan` stage that writes it."""
+    try:
+        return float(json.loads(path.read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DcganError(f"{path}: no {key} ({err!r}): run `dcgan {stage}` first") from None

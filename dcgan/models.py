@@ -24,12 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from dcgan.config import ModelParams
-from dcgan.errors import CheckpointError
+from dcgan.tensors import load_weights
 
 
 def _n_middle_layers(image_size: int) -> int:
@@ -100,13 +98,8 @@ def build_models(model: ModelParams, image_size: int) -> tuple[Generator, Discri
 
 def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator:
     """The generator saved by `train`, in eval mode; refuses weights of another architecture."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing: run `dcgan train` first")
     generator = Generator(model.z_dim, model.g_width, image_size)
-    try:
-        generator.load_state_dict(load_file(path))
-    except (RuntimeError, OSError, SafetensorError) as err:
-        raise CheckpointError(f"{path}: does not fit a generator with these params: {err}") from None
+    load_weights(generator, path, "train")
     return generator.eval()
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from dcgan.errors import CheckpointError
 from dcgan.files import atomic_path
 
 METADATA_KEY = "dcgan"
@@ -30,3 +32,14 @@ def read_metadata(path: Path) -> dict[str, Any]:
     """The metadata `save_tensors` wrote ({} for a file without it)."""
     with safe_open(path, framework="pt") as f:
         return json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+
+
+def load_weights(module: nn.Module, path: Path, stage: str) -> None:
+    """Load `path` into `module`; a missing file or weights of another shape is a CheckpointError naming `path`
+    and the `dcgan` stage that writes it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: run `dcgan {stage}` first")
+    try:
+        module.load_state_dict(load_file(path))
+    except (RuntimeError, OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path}: does not fit this {type(module).__name__} (other params?): {err}") from None

@@ -79,3 +79,15 @@ def test_init_follows_the_paper():
     scale = torch.cat([m.weight.flatten() for m in bns])
     assert scale.mean().item() == pytest.approx(1.0, abs=0.01) and scale.std().item() == pytest.approx(0.02, rel=0.1)
     assert all((m.bias == 0).all() for m in bns)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    from dcgan.errors import CheckpointError
+    from dcgan.models import load_generator
+    from dcgan.tensors import save_tensors
+
+    save_tensors(Generator(z_dim=10, width=4, image_size=16).state_dict(), tmp_path / "g.safetensors", {})
+    with pytest.raises(CheckpointError, match=r"g.safetensors: does not fit this Generator \(other params\?\)"):
+        load_generator(tmp_path / "g.safetensors", ModelParams(z_dim=10, g_width=8), 16)
+    with pytest.raises(CheckpointError, match=r"missing.safetensors: missing: run `dcgan train` first"):
+        load_generator(tmp_path / "missing.safetensors", ModelParams(), 64)
