@@ -14,15 +14,26 @@ PREFECT_PORT ?= 4200
 # e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
 
-.PHONY: setup run repro prefect-server serve test lint clean
+.PHONY: setup lock run repro prefect-server serve test lint clean
 
+# The exact versions in requirements.lock, so every machine and every `dvc repro` runs the same stack.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $@
+
+# After changing pyproject.toml's dependencies: rebuild the venv from scratch, then record what it holds.
+lock:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	(echo "# Exact versions of every dependency, installed by \`make setup\` as pip constraints. Refresh: \`make lock\`."; \
+	 $(BIN)/python -m pip freeze --exclude-editable) > requirements.lock
+	touch $(VENV)/.installed
 
 # The train-dcgan flow, once, in this process: fetch, prepare (DVC decides), train, evaluate, export, register.
 run: setup

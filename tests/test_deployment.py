@@ -120,6 +120,9 @@ def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, 
     assert {"loss_d", "loss_g", "fid_quick", "eval_fid", "parity_max_abs_error"} <= set(mlflow_run.data.metrics)
     version = client.get_model_version("dcgan-generator", "1")
     assert version.run_id == mlflow_run.info.run_id
-    downloaded = Path(mlflow.artifacts.download_artifacts("models:/dcgan-generator/1", tracking_uri=mlflow_uri,
-                                                          dst_path=str(tmp_path / "download")))  # fmt: skip
-    assert (downloaded / "model.onnx").is_file()
+    # What the README tells a user to type to download it.
+    download = tmp_path / "generator"
+    command = ["mlflow", "artifacts", "download", "-u", "models:/dcgan-generator/1", "-d", str(download)]
+    fetched = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (download / "model.onnx").is_file()
