@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from dcgan.config import Params, Paths
 from dcgan.errors import DataError, DownloadError
@@ -198,8 +197,11 @@ def to_unit_range(images: np.ndarray, size: int, chunk: int = 8192) -> torch.Ten
     return out
 
 
-def load_prepared(paths: Paths, split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prepared (images, labels) of `split`, refusing data prepared at another image size."""
+def load_prepared(
+    paths: Paths, split: str, image_size: int, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prepared (images, labels) of `split` (the first `limit` only, read alone, when given), refusing data
+    prepared at another image size."""
     path = paths.prepared / f"{split}.safetensors"
     if not path.is_file():
         raise DataError(f"{path}: missing: run `dcgan prepare` first")
@@ -209,8 +211,8 @@ def load_prepared(paths: Paths, split: str, image_size: int) -> tuple[torch.Tens
             raise DataError(
                 f"{path}: holds {found}x{found} images but data.image_size is {image_size}: run `dcgan prepare`"
             )
-        tensors = load_file(path)
-        return tensors["images"], tensors["labels"]
+        with safe_open(path, framework="pt") as f:
+            return f.get_slice("images")[:limit], f.get_slice("labels")[:limit]
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise DataError(f"{path}: not a prepared data file: {err}") from None
 

@@ -22,7 +22,7 @@ from dcgan.classifier import Classifier, embed, load_classifier
 from dcgan.config import EvaluateParams, Params, Paths
 from dcgan.data import load_prepared
 from dcgan.files import atomic_path, read_json_number, write_json_atomic
-from dcgan.models import Generator, load_generator, recalibrate_batchnorm
+from dcgan.models import Generator, load_generator, recalibrate_batchnorm, sample
 from dcgan.pictures import sample_grid, save_png, tile
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,9 @@ def as_exported(generator: Generator, params: Params) -> Generator:
     return recalibrate_batchnorm(generator, batches, params.train.batch_size, params.seed)
 
 
-@torch.no_grad()
-def generate(generator: Generator, n: int, seed: int, batch: int = 500) -> torch.Tensor:
+def generate(generator: Generator, n: int, seed: int) -> torch.Tensor:
     """n samples of G in eval mode from seeded latents: N x 1 x S x S on the CPU."""
-    device = next(generator.parameters()).device
-    z = torch.randn(n, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
-    was_training = generator.training
-    generator.eval()
-    images = torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch)])
-    generator.train(was_training)
-    return images
+    return sample(generator, torch.randn(n, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(seed)))
 
 
 def measure(classifier: Classifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -109,13 +102,13 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     generator = generator_as_exported(params, paths)
     classifier = load_classifier(paths.models / "classifier.safetensors")
     test_images, _ = load_prepared(paths, "test", size)
-    train_images, _ = load_prepared(paths, "train", size)
+    train_images, _ = load_prepared(paths, "train", size, limit=cfg.n_samples)
     reference, reference_probs = measure(classifier, test_images)
 
     fake = generate(generator, cfg.n_samples, params.seed)
     fake_features, fake_probs = measure(classifier, fake)
     results = quality(fake_features, fake_probs, reference, cfg, params.seed)
-    real = quality(*measure(classifier, train_images[: cfg.n_samples]), reference, cfg, params.seed)
+    real = quality(*measure(classifier, train_images), reference, cfg, params.seed)
     results.update({f"real_{name}": value for name, value in real.items()})
     results["classifier_accuracy"] = read_json_number(
         paths.reports / "classifier.json", "classifier_accuracy", "classifier"

@@ -126,7 +126,7 @@ def _set_metadata(path: Path, params: Params, paths: Paths, run_id: str) -> None
             "image_size": str(params.data.image_size),
             "value_range": "[-1, 1]",
             "mlflow_run_id": run_id,
-            "data_dvc_md5": tracking.dvc_hash(paths.prepared),
+            "data_dvc_md5": mlflow.get_run(run_id).data.tags["data.prepared.dvc_md5"],  # hashed once, by train
             "git_commit": tracking.git_commit(paths.root),
         },
     )

@@ -104,6 +104,18 @@ def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator
 
 
 @torch.no_grad()
+def sample(generator: Generator, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """G(z) in eval mode (BatchNorm running statistics: the network as exported), in batches on the generator's
+    device; N x 1 x S x S float32 in [-1, 1] on the CPU. The generator's mode is restored."""
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    images = torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(batch)])
+    generator.train(was_training)
+    return images
+
+
+@torch.no_grad()
 def recalibrate_batchnorm(generator: Generator, batches: int, batch_size: int, seed: int) -> Generator:
     """Recompute BatchNorm's running statistics as the plain average over `batches` latent batches in train mode.
 

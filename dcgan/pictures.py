@@ -9,17 +9,12 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from dcgan.files import atomic_path
-from dcgan.models import Generator
+from dcgan.models import Generator, sample
 
 
-@torch.no_grad()
 def sample_grid(generator: Generator, z: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """G(z) in eval mode (the model as exported) tiled into one H x W x 3 image in [0, 1]."""
-    was_training = generator.training
-    generator.eval()
-    images = generator(z).float().cpu()  # N x 1 x S x S in [-1, 1]
-    generator.train(was_training)
-    return tile(images, nrow)
+    """G(z) in eval mode tiled into one H x W x 3 image in [0, 1]."""
+    return tile(sample(generator, z), nrow)
 
 
 def tile(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
