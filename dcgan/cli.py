@@ -66,11 +66,16 @@ def classifier(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = N
 
 
 @app.command()
-def train(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
-    """Train (or resume) the DCGAN, logging to MLflow."""
+def train(
+    params_file: ParamsOption = PARAMS_FILE,
+    overrides: SetOption = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE set on the MLflow run.")] = None,
+) -> None:
+    """Train (or resume) the DCGAN, logging to MLflow; launches torchrun when train.nproc_per_node > 1."""
     from dcgan.train import train
 
-    _run(train, params_file, overrides)
+    run_tags = dict(tag.partition("=")[::2] for tag in tags or [])
+    _run(lambda params, paths: train(params, paths, run_tags=run_tags), params_file, overrides)
 
 
 @app.command()

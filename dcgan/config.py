@@ -52,6 +52,10 @@ class TrainParams(_Section):
     betas: tuple[float, float] = Field(default=(0.5, 0.99), strict=False)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True  # NHWC convolutions: faster on our CPUs (docs/benchmarks.md) and on tensor cores
+    compile: bool = False  # torch.compile the step's networks (no gain measured on the CPU; try it on a GPU)
+    nproc_per_node: int = Field(default=1, ge=1)  # > 1: `train` launches torchrun, one DDP process per device
+    sync_batchnorm: bool = False  # with DDP: BatchNorm statistics over the global batch, not each rank's share
     checkpoint_every: int = Field(default=200, ge=1)
     log_every: int = Field(default=10, ge=1)
 
@@ -95,12 +99,17 @@ class Params(_Section):
     export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
-    def _one_full_batch(self) -> Params:
+    def _batches_fit(self) -> Params:
         limit = self.data.train_limit
         if limit is not None and limit < self.train.batch_size:
             raise ValueError(
                 f"data.train_limit ({limit}) is smaller than train.batch_size ({self.train.batch_size}): "
                 "training would have no full batch"
+            )
+        if self.train.batch_size % self.train.nproc_per_node:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) is not divisible by train.nproc_per_node "
+                f"({self.train.nproc_per_node}): each process takes an equal share of every batch"
             )
         return self
 

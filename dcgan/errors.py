@@ -27,3 +27,15 @@ class CheckpointError(DcganError):
 
 class ParityError(DcganError):
     """The exported model disagrees with the torch model beyond the tolerance."""
+
+
+class TrainingDiverged(DcganError):
+    """A loss became NaN or Inf: training stopped, the last good checkpoint kept."""
+
+
+class TrackingError(DcganError):
+    """The MLflow tracking server did not answer (after MLflow's own retries): possibly transient."""
+
+
+class DiskError(DcganError):
+    """A file could not be written (disk full, file too large, no permission): the earlier file is kept."""

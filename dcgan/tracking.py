@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
@@ -24,7 +25,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from dcgan.config import Params, Paths
-from dcgan.errors import DcganError
+from dcgan.errors import DcganError, TrackingError
 from dcgan.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -41,14 +42,32 @@ def use_experiment(paths: Paths) -> str:
     """Point MLflow at this project's store and experiment; returns the experiment id."""
     uri = tracking_uri(paths)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    # With a SQLite store, artifacts live in mlartifacts/ beside the database file; a server decides for itself.
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    with server_errors(uri):
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        # With a SQLite store, artifacts live in mlartifacts/ beside the database file; a server decides for itself.
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+@contextmanager
+def server_errors(uri: str) -> Iterator[None]:
+    """Turn MLflow's "API request ... failed" (a server that did not answer, after MLflow's own retries with
+    backoff) into a TrackingError that says what to do."""
+    try:
+        yield
+    except MlflowException as err:
+        if "API request to" not in str(err):
+            raise
+        first_line = str(err).splitlines()[0][:400]
+        raise TrackingError(
+            f"the MLflow tracking server {uri} did not answer ({first_line}). Start it, or unset "
+            "MLFLOW_TRACKING_URI to use the local SQLite store; checkpoints already written are kept, and "
+            "`dcgan train` resumes from them"
+        ) from err
 
 
 @contextmanager
@@ -58,29 +77,50 @@ def training_run(
     """Start the pipeline's MLflow run, or reopen `resume_run_id`; yields the run id.
 
     Logs the effective params, the git commit and the DVC hashes of the data, and records the run id
-    for the later stages.
+    for the later stages. If the body fails, the run ends FAILED (KILLED on Ctrl-C) with the reason in the tag
+    `failure_reason`.
     """
     experiment_id = use_experiment(paths)
-    if resume_run_id and not _run_exists(resume_run_id):
-        log.warning("MLflow run %s of the checkpoint is not in %s: new run", resume_run_id, tracking_uri(paths))
-        resume_run_id = None
-    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id) as run:
-        run_id = run.info.run_id
-        _log_new_params(run_id, params.flat())
-        raw_hash, prepared_hash = dvc_hash(paths.raw), dvc_hash(paths.prepared)
-        mlflow.set_tags(
-            {
-                "git_commit": git_commit(paths.root),
-                "data.raw.dvc_md5": raw_hash,
-                "data.prepared.dvc_md5": prepared_hash,
-                **(tags or {}),
-            }
-        )
-        source = LocalArtifactDatasetSource(str(paths.prepared))
-        dataset = MetaDataset(source, name="mnist-prepared", digest=prepared_hash)  # type: ignore[abstract]
-        mlflow.log_input(dataset, context="training")
-        write_json_atomic(paths.mlflow_run, {"run_id": run_id, "experiment_id": experiment_id})
-        yield run_id
+    with server_errors(tracking_uri(paths)):
+        if resume_run_id and not _run_exists(resume_run_id):
+            log.warning("MLflow run %s of the checkpoint is not in %s: new run", resume_run_id, tracking_uri(paths))
+            resume_run_id = None
+        run_id = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id).info.run_id
+        try:
+            _log_new_params(run_id, params.flat())
+            raw_hash, prepared_hash = dvc_hash(paths.raw), dvc_hash(paths.prepared)
+            mlflow.set_tags(
+                {
+                    "git_commit": git_commit(paths.root),
+                    "data.raw.dvc_md5": raw_hash,
+                    "data.prepared.dvc_md5": prepared_hash,
+                    **(tags or {}),
+                }
+            )
+            source = LocalArtifactDatasetSource(str(paths.prepared))
+            dataset = MetaDataset(source, name="mnist-prepared", digest=prepared_hash)  # type: ignore[abstract]
+            mlflow.log_input(dataset, context="training")
+            write_json_atomic(paths.mlflow_run, {"run_id": run_id, "experiment_id": experiment_id})
+            yield run_id
+        except BaseException as err:
+            _end_failed(run_id, err)
+            raise
+        mlflow.end_run()
+
+
+def _end_failed(run_id: str, err: BaseException) -> None:
+    """Mark the run FAILED (KILLED for Ctrl-C) with the reason, in one quick try: a server that is down (maybe
+    the failure itself) is only logged, without another round of MLflow's retries."""
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    with patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}):
+        try:
+            mlflow.set_tag("failure_reason", f"{type(err).__name__}: {err}"[:5000])
+        except MlflowException as tag_err:
+            log.warning("MLflow run %s: could not record the failure: %s", run_id, str(tag_err).splitlines()[0])
+        try:
+            mlflow.end_run(status)  # leaves no active run behind, even when the server does not answer
+        except MlflowException as end_err:
+            log.warning("MLflow run %s: could not mark it %s: %s", run_id, status, str(end_err).splitlines()[0])
 
 
 @contextmanager
@@ -91,10 +131,11 @@ def pipeline_run(paths: Paths) -> Iterator[str]:
     except (OSError, ValueError, KeyError) as err:
         raise DcganError(f"{paths.mlflow_run}: no MLflow run recorded ({err}): run `dcgan train` first") from None
     use_experiment(paths)
-    if not _run_exists(run_id):
-        raise DcganError(f"{paths.mlflow_run}: MLflow run {run_id} is not in {tracking_uri(paths)}")
-    with mlflow.start_run(run_id=run_id):
-        yield run_id
+    with server_errors(tracking_uri(paths)):
+        if not _run_exists(run_id):
+            raise DcganError(f"{paths.mlflow_run}: MLflow run {run_id} is not in {tracking_uri(paths)}")
+        with mlflow.start_run(run_id=run_id):
+            yield run_id
 
 
 def log_step_metrics(run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:

@@ -3,32 +3,40 @@
 data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
                                    models/checkpoints/last.pt   (resumed when the params match)
                                    reports/losses.csv           (per-step losses, a DVC plot)
+                                   reports/train.json           (the TrainResult, a DVC metric)
+
+With `train.nproc_per_node > 1` it runs under torchrun (dcgan/distributed.py): each process takes its share of
+every batch and DDP averages the gradients; rank 0 alone writes files and logs to MLflow.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dcgan import tracking
+from dcgan import distributed, tracking
 from dcgan.checkpoint import load_checkpoint, resume_mismatch, save_checkpoint
 from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
-from dcgan.errors import DcganError
+from dcgan.distributed import Ranks
+from dcgan.errors import DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
-from dcgan.files import write_bytes_atomic
+from dcgan.files import write_bytes_atomic, write_json_atomic
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
 from dcgan.tensors import save_tensors
@@ -52,19 +60,19 @@ class TrainResult:
     best_fid: float | None  # its quick FID (None when evaluate.every_epochs is 0)
 
 
-def resolve_device(choice: str) -> torch.device:
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise DcganError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
 
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
-    'auto' takes bf16 on a CUDA device that has it. On the CPU it stays fp32: bf16 autocast measured slower
-    than fp32 for this model on our AVX512-BF16 CPUs (docs/benchmarks.md).
+    'auto' takes bf16 on a CUDA device that has it. On the CPU it stays fp32: on our AVX512-BF16 CPUs bf16
+    convolutions (and matmuls) measured slower than fp32 (docs/benchmarks.md).
     """
     if choice == "bf16" or (choice == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
@@ -75,19 +83,51 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_step(
-    generator: Generator,
-    discriminator: Discriminator,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
-    real: torch.Tensor,
-    z: torch.Tensor,
-    dtype: torch.dtype | None,
-) -> torch.Tensor:
+@dataclass
+class Nets:
+    """The two networks and their optimizers, as `train` and the benchmark build them."""
+
+    generator: Generator  # the modules whose weights are saved
+    discriminator: Discriminator
+    g_step: nn.Module  # what the training step calls: the same networks, wrapped by DDP and torch.compile if asked
+    d_step: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
+def build_nets(params: Params, device: torch.device, ranks: Ranks | None = None) -> Nets:
+    cfg = params.train
+    ranks = ranks or Ranks()
+    torch.manual_seed(params.seed)
+    generator, discriminator = build_models(params.model, params.data.image_size)
+    if ranks.distributed and cfg.sync_batchnorm:
+        if device.type != "cuda":
+            raise DcganError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU version)")
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    generator.to(device).to(memory_format=memory_format)
+    discriminator.to(device).to(memory_format=memory_format)
+    fused = device.type == "cuda"  # one kernel for all parameters
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    g_step: nn.Module = generator
+    d_step: nn.Module = discriminator
+    if ranks.distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        g_step = DistributedDataParallel(generator, device_ids=device_ids)
+        d_step = DistributedDataParallel(discriminator, device_ids=device_ids)
+    if cfg.compile:
+        g_step, d_step = cast(nn.Module, torch.compile(g_step)), cast(nn.Module, torch.compile(d_step))
+    return Nets(generator, discriminator, g_step, d_step, opt_g, opt_d)
+
+
+def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """One step of the seed: D on a real and a fake batch, then G with the non-saturating loss.
 
     Returns the detached METRICS as one tensor, so that the caller decides when to sync with the host.
     """
+    generator, discriminator = nets.g_step, nets.d_step
     ones = torch.ones(len(real), device=real.device)
     zeros = torch.zeros(len(real), device=real.device)
 
@@ -100,16 +140,16 @@ def train_step(
         loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + F.binary_cross_entropy_with_logits(
             logits_fake, zeros
         )
-    opt_d.zero_grad(set_to_none=True)
+    nets.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
-    opt_d.step()
+    nets.opt_d.step()
 
     # (2) G: maximise log D(G(z)) (the non-saturating loss), against the D just updated.
     with autocast(real.device, dtype):
         loss_g = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
-    opt_g.zero_grad(set_to_none=True)
+    nets.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
-    opt_g.step()
+    nets.opt_g.step()
 
     d_real, d_fake = torch.sigmoid(logits_real.detach()).mean(), torch.sigmoid(logits_fake.detach()).mean()
     return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake]).float()
@@ -127,28 +167,37 @@ def train(
     the MLflow run (e.g. the orchestrator's run id).
     """
     cfg = params.train
-    device = resolve_device(cfg.device)
+    ranks = Ranks.from_env()
+    if cfg.nproc_per_node > 1 and not ranks.distributed:
+        return TrainResult(**distributed.launch(params, paths, run_tags))
+    if ranks.world_size != cfg.nproc_per_node:
+        raise DcganError(
+            f"train.nproc_per_node is {cfg.nproc_per_node} but torchrun started {ranks.world_size} processes: "
+            f"set -S train.nproc_per_node={ranks.world_size}, or run `dcgan train` and let it launch torchrun"
+        )
+    device = resolve_device(cfg.device, ranks.local_rank)
+    if ranks.distributed:
+        distributed.init(ranks, device)
     dtype = resolve_precision(cfg.precision, device)
     images, _ = load_prepared(paths, "train", params.data.image_size)
     images = images.to(device)  # N x 1 x S x S, resident on the device: no DataLoader
     steps_per_epoch = len(images) // cfg.batch_size  # the last partial batch is dropped (BatchNorm)
     total_steps = cfg.epochs * steps_per_epoch
-    log.info("device %s, precision %s, %d steps of %d images", device, dtype or "fp32", total_steps, cfg.batch_size)
+    share = slice(ranks.rank, None, ranks.world_size)  # this process's part of every batch
+    log.info(
+        "device %s, precision %s, %d steps of %d images over %d process(es)",
+        device, dtype or "fp32", total_steps, cfg.batch_size, ranks.world_size,
+    )  # fmt: skip
 
-    torch.manual_seed(params.seed)
-    generator, discriminator = build_models(params.model, params.data.image_size)
-    generator.to(device)
-    discriminator.to(device)
-    fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
-    noise = torch.Generator(device).manual_seed(params.seed)
+    nets = build_nets(params, device, ranks)
+    generator, discriminator = nets.generator, nets.discriminator
+    noise = torch.Generator(device).manual_seed(params.seed)  # the same stream in every process
     # The grid's latents come from their own RNG so that a resumed run shows the same digits.
     fixed_z = torch.randn(GRID_SIZE, params.model.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
     fixed_z = fixed_z.to(device)
     history = torch.zeros(total_steps, len(METRICS))  # per-step METRICS, kept in the checkpoint
     # Every evaluate.every_epochs, a quick FID; the generator with the best one is the one saved and exported.
-    fid_tracker = FidTracker(params, paths, device) if params.evaluate.every_epochs else None
+    fid_tracker = FidTracker(params, paths, device) if params.evaluate.every_epochs and ranks.is_main else None
     fids: list[tuple[int, float]] = []  # (step, quick FID)
     best: dict[str, Any] | None = None  # {"step", "fid", "generator": state dict on the CPU}
 
@@ -164,14 +213,14 @@ def train(
         else:
             generator.load_state_dict(state["generator"])
             discriminator.load_state_dict(state["discriminator"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_d.load_state_dict(state["opt_d"])
+            nets.opt_g.load_state_dict(state["opt_g"])
+            nets.opt_d.load_state_dict(state["opt_d"])
             noise.set_state(state["noise_rng"])
             step, run_id = state["step"], state["mlflow_run_id"]
             history[:step] = state["history"]
             fids, best = [(int(s), f) for s, f in state["fids"].tolist()], state["best"]
             log.warning("%s: resuming at step %d of %d", last, step, total_steps)
-    resumed_from = step
+    resumed_from = checkpointed = step
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -179,8 +228,8 @@ def train(
             {
                 "generator": generator.state_dict(),
                 "discriminator": discriminator.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
+                "opt_g": nets.opt_g.state_dict(),
+                "opt_d": nets.opt_d.state_dict(),
                 "noise_rng": noise.get_state(),
                 "step": step,
                 "history": history[:step].clone(),
@@ -191,35 +240,44 @@ def train(
             },
         )
 
-    with tracking.training_run(params, paths, run_id, run_tags) as run_id:
+    run = tracking.training_run(params, paths, run_id, run_tags) if ranks.is_main else nullcontext("")
+    with run as run_id:
+        run_id = distributed.share(run_id, ranks)
         generator.train()
         discriminator.train()
         pending = []  # (step, metrics on the device) not yet logged: one host sync per log_every steps
         started, first_step = time.perf_counter(), step
         order = epoch_order(len(images), params.seed, step // steps_per_epoch).to(device)
-        with tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0) as bar:
+        bar = tqdm(
+            total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not ranks.is_main
+        )
+        with bar:
             while step < total_steps:
                 epoch, i = divmod(step, steps_per_epoch)
                 if i == 0:
                     order = epoch_order(len(images), params.seed, epoch).to(device)
-                real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]  # B x 1 x S x S
-                z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)
-                pending.append(train_step(generator, discriminator, opt_g, opt_d, real, z, dtype))
+                real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size][share]]  # B/world x 1 x S x S
+                z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)[share]
+                pending.append(train_step(nets, real, z, dtype))
                 step += 1
                 bar.update()
 
                 end_of_epoch = step % steps_per_epoch == 0
-                if step % cfg.log_every == 0 or end_of_epoch or step == total_steps:
-                    values = torch.stack(pending).cpu()  # the host sync
+                checkpoint_due = end_of_epoch or step % cfg.checkpoint_every == 0 or step == total_steps
+                # Sync before every checkpoint too, so that no checkpoint holds weights from a diverged step.
+                if step % cfg.log_every == 0 or checkpoint_due:
+                    values = distributed.mean(torch.stack(pending), ranks).cpu()  # the host sync
                     first = step - len(pending)
+                    pending.clear()
+                    check_finite(values, first, last, checkpointed)
                     history[first:step] = values
                     rows = [(first + 1 + k, dict(zip(METRICS, v, strict=True))) for k, v in enumerate(values.tolist())]
-                    tracking.log_step_metrics(run_id, rows)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in rows[-1][1].items()}, refresh=False)
-                    pending.clear()
-                    if on_progress:
-                        on_progress(step, total_steps, rows[-1][1])
-                if end_of_epoch:
+                    if ranks.is_main:
+                        tracking.log_step_metrics(run_id, rows)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in rows[-1][1].items()}, refresh=False)
+                        if on_progress:
+                            on_progress(step, total_steps, rows[-1][1])
+                if end_of_epoch and ranks.is_main:
                     log_sample_grid(generator, fixed_z, epoch + 1)
                 if (
                     fid_tracker
@@ -232,26 +290,54 @@ def train(
                     if best is None or fid < best["fid"]:
                         best = {"step": step, "fid": fid, "generator": _cpu_copy(generator)}
                     log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
-                if end_of_epoch or step % cfg.checkpoint_every == 0 or step == total_steps:
-                    checkpoint()
+                if checkpoint_due:
+                    if ranks.is_main:
+                        checkpoint()
+                    checkpointed = step
 
+        distributed.broadcast_buffers([generator, discriminator], ranks)
+        distributed.check_identical([generator, discriminator], ranks)
         trained = step - first_step
         images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
-        if trained:
-            mlflow.log_metric("images_per_second", images_per_second, step=step)
         chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(generator)}
-        save_weights(paths, chosen["generator"], _cpu_copy(discriminator), params, chosen["step"])
-        write_csv(
-            paths.reports / "losses.csv", ["step", *METRICS], ((s, *row) for s, row in enumerate(history.tolist(), 1))
-        )
-        write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
-        if chosen["fid"] is not None:
-            mlflow.log_metrics({"best_fid_quick": chosen["fid"], "best_step": chosen["step"]})
-        for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
-            mlflow.log_artifact(str(path), artifact_path="weights")
+        final = dict(zip(METRICS, history[-1].tolist(), strict=True))
+        result = TrainResult(run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"])
+        if ranks.is_main:
+            if trained:
+                mlflow.log_metric("images_per_second", images_per_second, step=step)
+            save_weights(paths, chosen["generator"], _cpu_copy(discriminator), params, chosen["step"])
+            write_csv(
+                paths.reports / "losses.csv",
+                ["step", *METRICS],
+                ((s, *row) for s, row in enumerate(history.tolist(), 1)),
+            )
+            write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
+            if chosen["fid"] is not None:
+                mlflow.log_metrics({"best_fid_quick": chosen["fid"], "best_step": chosen["step"]})
+            for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
+                mlflow.log_artifact(str(path), artifact_path="weights")
+            write_json_atomic(paths.reports / "train.json", dataclasses.asdict(result))
+    if ranks.distributed:
+        torch.distributed.destroy_process_group()
+    return result
 
-    final = dict(zip(METRICS, history[-1].tolist(), strict=True))
-    return TrainResult(run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"])
+
+def check_finite(values: torch.Tensor, first: int, checkpoint: Path, checkpointed: int) -> None:
+    """Stop at the first step whose METRICS (rows of `values`, from step first + 1) hold a NaN or an Inf."""
+    finite = torch.isfinite(values)
+    if finite.all():
+        return
+    row = int((~finite.all(dim=1)).nonzero()[0])
+    bad = {
+        name: value
+        for name, value, ok in zip(METRICS, values[row].tolist(), finite[row].tolist(), strict=True)
+        if not ok
+    }
+    kept = f"{checkpoint} (step {checkpointed}) is kept" if checkpointed else "no checkpoint was written"
+    raise TrainingDiverged(
+        f"training diverged at step {first + 1 + row}: {bad} is not finite. Stopped; the last good checkpoint "
+        f"{kept}. Lower train.lr or try another seed."
+    )
 
 
 def log_sample_grid(generator: Generator, z: torch.Tensor, epoch: int) -> None:
@@ -259,7 +345,7 @@ def log_sample_grid(generator: Generator, z: torch.Tensor, epoch: int) -> None:
 
 
 def _cpu_copy(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in net.state_dict().items()}
 
 
 def save_weights(

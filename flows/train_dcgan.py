@@ -33,7 +33,7 @@ from dcgan import tracking  # noqa: E402
 from dcgan.classifier import train_classifier  # noqa: E402
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params  # noqa: E402
 from dcgan.data import prepare  # noqa: E402
-from dcgan.errors import DownloadError  # noqa: E402
+from dcgan.errors import DownloadError, TrackingError  # noqa: E402
 from dcgan.evaluate import EvaluateResult, evaluate  # noqa: E402
 from dcgan.export import ExportResult, export  # noqa: E402
 from dcgan.train import TrainResult, train  # noqa: E402
@@ -46,7 +46,7 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry a failed download or an MLflow server that did not answer; never bad params, data or parity."""
     try:
         state.result()
-    except (DownloadError, requests.ConnectionError, requests.Timeout):
+    except (DownloadError, TrackingError, requests.ConnectionError, requests.Timeout):
         return True
     except MlflowException as err:
         return "API request to" in str(err)  # MLflow's wording for an HTTP request that failed

@@ -11,7 +11,7 @@ from dcgan.checkpoint import load_checkpoint
 from dcgan.classifier import train_classifier
 from dcgan.config import Paths, load_params
 from dcgan.data import prepare
-from dcgan.errors import CheckpointError
+from dcgan.errors import CheckpointError, TrainingDiverged
 from dcgan.tensors import read_metadata
 from dcgan.tracking import EXPERIMENT, dvc_hash, tracking_uri
 from dcgan.train import METRICS, train
@@ -172,3 +172,40 @@ def test_training_needs_prepared_data(project: Paths, tiny):
     with pytest.raises(DataError, match="train.safetensors: missing: run `dcgan prepare` first"):
         train(tiny, project)
     assert load_params(project.root / "params.yaml") == tiny
+
+
+def test_a_nan_loss_stops_training_keeps_the_checkpoint_and_fails_the_run(
+    prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch
+):
+    import dcgan.train
+
+    real_step, calls = dcgan.train.train_step, []
+
+    def poison_at_step_7(nets, *args):
+        calls.append(1)
+        if len(calls) == 7:  # a weight turns NaN, as after an exploding update
+            next(nets.discriminator.parameters()).data.fill_(float("nan"))
+        return real_step(nets, *args)
+
+    monkeypatch.setattr(dcgan.train, "train_step", poison_at_step_7)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 7: \{'loss_d': nan.*last.pt \(step 5\) is kept"):
+        train(tiny, prepared)
+
+    state = load_checkpoint(prepared.checkpoints / "last.pt")
+    assert state["step"] == 5 and all(torch.isfinite(t).all() for t in state["discriminator"].values())
+    client = _client(prepared)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("TrainingDiverged: training diverged at step 7")
+
+
+def test_compiled_networks_train_like_eager_ones(tmp_path: Path, prepared: Paths, tiny):
+    one_epoch = {"epochs": 1}
+    eager = train(tiny.model_copy(update={"train": tiny.train.model_copy(update=one_epoch)}), prepared)
+    other = _copy(prepared, tmp_path / "compiled")
+    compiled_params = tiny.train.model_copy(update={**one_epoch, "compile": True})
+    compiled = train(tiny.model_copy(update={"train": compiled_params}), other)
+
+    assert compiled.steps == eager.steps
+    for key, value in eager.final.items():
+        assert compiled.final[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key

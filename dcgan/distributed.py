@@ -1,0 +1,119 @@
+"""Training on several devices with PyTorch's own engine: torchrun starts one process per device, DDP keeps the
+networks in step.
+
+`train` with `train.nproc_per_node > 1` calls `launch`, which reruns `dcgan train` under torchrun with the same
+params; each process then finds its place from torchrun's environment (`Ranks.from_env`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from dcgan.config import Params, Paths
+from dcgan.errors import DcganError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job: rank 0 of 1 when there is none."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs to MLflow and writes checkpoints, samples and weights."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launch(params: Params, paths: Paths, run_tags: Mapping[str, str] | None) -> dict[str, Any]:
+    """Run `dcgan train` under torchrun, one process per device, with these exact params; returns rank 0's result
+    (reports/train.json)."""
+    n = params.train.nproc_per_node
+    with tempfile.TemporaryDirectory(prefix="dcgan-torchrun-") as tmp:
+        params_file = Path(tmp) / "params.yaml"  # the effective params, overrides included
+        params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        tags = [f"--tag={key}={value}" for key, value in (run_tags or {}).items()]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+        command += ["-m", "dcgan", "train", f"--params={params_file}", *tags]
+        log.info("launching %d training processes: %s", n, " ".join(command))
+        returncode = subprocess.run(command, cwd=paths.root).returncode
+    if returncode:
+        raise DcganError(f"torchrun with {n} training processes failed (exit {returncode}): see their errors above")
+    result: dict[str, Any] = json.loads((paths.reports / "train.json").read_text())
+    return result
+
+
+def init(ranks: Ranks, device: torch.device) -> None:
+    """Join the process group: NCCL between GPUs, gloo between CPU processes."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world_size)
+
+
+def mean(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The mean of `values` over all processes (itself without DDP)."""
+    if ranks.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= ranks.world_size
+    return values
+
+
+def share(value: str, ranks: Ranks) -> str:
+    """Rank 0's `value`, on every rank."""
+    if not ranks.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return str(box[0])
+
+
+def broadcast_buffers(networks: Sequence[nn.Module], ranks: Ranks) -> None:
+    """Give every process rank 0's BatchNorm statistics, as DDP does at the start of each forward pass: after the
+    last one, each process has updated them with its own share of the batch."""
+    if ranks.distributed:
+        for net in networks:
+            for buffer in net.buffers():
+                dist.broadcast(buffer, src=0)
+
+
+def check_identical(networks: Sequence[nn.Module], ranks: Ranks) -> None:
+    """Fail unless every process holds exactly rank 0's weights and BatchNorm statistics."""
+    if not ranks.distributed:
+        return
+    for net in networks:
+        mine = torch.cat([t.detach().flatten().float() for t in net.state_dict().values() if t.is_floating_point()])
+        reference = mine.clone()
+        dist.broadcast(reference, src=0)
+        same = torch.tensor([int(torch.equal(mine, reference))], device=mine.device)
+        dist.all_reduce(same, op=dist.ReduceOp.MIN)
+        if not same.item():
+            raise DcganError(f"the {type(net).__name__}'s weights differ between the training processes")
+    log.info("all %d processes hold identical weights", ranks.world_size)
