@@ -1,18 +1,22 @@
 """Training checkpoints: written atomically, loaded without unpickling (`weights_only=True`).
 
 A checkpoint holds everything a resumed run needs to continue bit for bit: both models, both optimizers, the
-step, the noise generator's RNG state, the params it was trained with and the MLflow run it logs to.
+step, the noise generator's RNG state, the params it was trained with and the MLflow run it logs to. Each set of
+training settings has its own folder, so a run with other settings (a `dvc exp run -S ...`) never overwrites
+another's checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dcgan.config import Params
+from dcgan.config import Params, Paths
 from dcgan.errors import CheckpointError
 from dcgan.files import atomic_path
 
@@ -22,9 +26,18 @@ RESUMABLE_KEYS = {"train.epochs", "train.checkpoint_every", "train.log_every"}
 TRAINING_SECTIONS = ("seed", "data.", "model.", "train.")
 
 
+def checkpoint_path(params: Params, paths: Paths) -> Path:
+    """models/checkpoints/<digest of the training settings>/last.pt."""
+    settings = json.dumps(training_settings(params.flat()), sort_keys=True)
+    return paths.checkpoints / hashlib.sha256(settings.encode()).hexdigest()[:12] / "last.pt"
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch's C++ writer reports a failed write (disk full) as a RuntimeError
+            raise OSError(f"torch.save failed: {str(err).splitlines()[0]}") from err
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,18 +10,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dcgan.errors import DcganError
+from dcgan.errors import DcganError, DiskError
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
 
-    On any error the temporary file is removed and `path` keeps its earlier content.
+    On any error the temporary file is removed and `path` keeps its earlier content; an OSError (disk full,
+    file too large, no permission) becomes a DiskError naming `path`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise DiskError(f"{path}: could not write it ({err.strerror or err}); {_kept(path)}") from err
     tmp = Path(name)
     try:
         yield tmp
@@ -29,7 +33,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise DiskError(f"{path}: could not write it ({err.strerror or err}); {_kept(path)}") from err
     finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _kept(path: Path) -> str:
+    return "the previous file is unchanged" if path.exists() else "nothing was written"
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of `path` that a process killed while writing it (SIGKILL, power loss) left."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
 

@@ -1,7 +1,7 @@
 """The training loop, read top to bottom: the seed's DCGAN step, checkpoints, MLflow.
 
 data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
-                                   models/checkpoints/last.pt   (resumed when the params match)
+                                   models/checkpoints/<settings>/last.pt  (resumed when the settings match)
                                    reports/losses.csv           (per-step losses, a DVC plot)
                                    reports/train.json           (the TrainResult, a DVC metric)
 
@@ -30,13 +30,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dcgan import distributed, tracking
-from dcgan.checkpoint import load_checkpoint, resume_mismatch, save_checkpoint
+from dcgan.checkpoint import checkpoint_path, load_checkpoint, resume_mismatch, save_checkpoint
 from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
 from dcgan.distributed import Ranks
-from dcgan.errors import DcganError, TrainingDiverged
+from dcgan.errors import CheckpointError, DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
-from dcgan.files import write_bytes_atomic, write_json_atomic
+from dcgan.files import remove_leftovers, write_bytes_atomic, write_json_atomic
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
 from dcgan.tensors import save_tensors
@@ -202,20 +202,31 @@ def train(
     best: dict[str, Any] | None = None  # {"step", "fid", "generator": state dict on the CPU}
 
     step, run_id = 0, None
-    last = paths.checkpoints / "last.pt"
+    last = checkpoint_path(params, paths)
+    if ranks.is_main:
+        remove_leftovers(last)
     if last.exists():
         state = load_checkpoint(last)
-        mismatch = resume_mismatch(state, params)
-        if state["step"] >= total_steps:
-            mismatch.append(f"it finished at step {state['step']}, this run has {total_steps} steps")
-        if mismatch:
-            log.warning("%s: not resuming (%s): training from scratch", last, "; ".join(mismatch))
+        if mismatch := resume_mismatch(state, params):
+            raise CheckpointError(f"{last}: trained with other settings ({'; '.join(mismatch)}): move it away")
+        if state["step"] > total_steps:
+            raise CheckpointError(
+                f"{last}: holds step {state['step']}, beyond this run's {total_steps} steps: raise train.epochs to "
+                "continue it, or move it away to train a shorter run"
+            )
+        if state["step"] == total_steps:
+            log.warning("%s: that run finished at step %d: training again from scratch", last, total_steps)
         else:
-            generator.load_state_dict(state["generator"])
-            discriminator.load_state_dict(state["discriminator"])
-            nets.opt_g.load_state_dict(state["opt_g"])
-            nets.opt_d.load_state_dict(state["opt_d"])
-            noise.set_state(state["noise_rng"])
+            try:
+                generator.load_state_dict(state["generator"])
+                discriminator.load_state_dict(state["discriminator"])
+                nets.opt_g.load_state_dict(state["opt_g"])
+                nets.opt_d.load_state_dict(state["opt_d"])
+                noise.set_state(state["noise_rng"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise CheckpointError(
+                    f"{last}: does not fit this model ({str(err).splitlines()[0]}): move it away"
+                ) from None
             step, run_id = state["step"], state["mlflow_run_id"]
             history[:step] = state["history"]
             fids, best = [(int(s), f) for s, f in state["fids"].tolist()], state["best"]

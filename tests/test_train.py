@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dcgan.checkpoint import load_checkpoint
+from dcgan.checkpoint import checkpoint_path, load_checkpoint
 from dcgan.classifier import train_classifier
 from dcgan.config import Paths, load_params
 from dcgan.data import prepare
@@ -78,8 +78,8 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
     assert read_metadata(prepared.models / "generator.safetensors")["step"] == best.step
     assert (prepared.reports / "fid.csv").read_text().startswith("step,fid_quick\n")
 
-    assert (prepared.checkpoints / "last.pt").is_file()
-    assert load_checkpoint(prepared.checkpoints / "last.pt")["step"] == result.steps
+    assert load_checkpoint(checkpoint_path(tiny, prepared))["step"] == result.steps
+    assert (prepared.reports / "train.json").read_text().count(result.run_id) == 1
     lines = (prepared.reports / "losses.csv").read_text().splitlines()
     assert lines[0] == "step,loss_d,loss_g,d_real,d_fake" and len(lines) == result.steps + 1
     assert result.run_id in (prepared.reports / "mlflow_run.json").read_text()
@@ -136,7 +136,7 @@ def test_resume_mid_epoch_after_a_crash(tmp_path: Path, prepared: Paths, tiny, m
     with pytest.raises(KeyboardInterrupt):
         train(tiny, other)
     monkeypatch.setattr(dcgan.train, "train_step", real_step)
-    assert load_checkpoint(other.checkpoints / "last.pt")["step"] == 5  # checkpoint_every=5: mid-epoch
+    assert load_checkpoint(checkpoint_path(tiny, other))["step"] == 5  # checkpoint_every=5: mid-epoch
 
     resumed = train(tiny, other)
     assert resumed.resumed_from == 5
@@ -144,12 +144,49 @@ def test_resume_mid_epoch_after_a_crash(tmp_path: Path, prepared: Paths, tiny, m
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
-def test_changed_params_start_from_scratch(prepared: Paths, tiny, caplog: pytest.LogCaptureFixture):
+def test_changed_params_start_from_scratch_and_overwrite_no_checkpoint(prepared: Paths, tiny):
     first = train(tiny, prepared)
+    kept = checkpoint_path(tiny, prepared).read_bytes()
     changed = tiny.model_copy(update={"train": tiny.train.model_copy(update={"lr": 0.001})})
     second = train(changed, prepared)
     assert second.resumed_from == 0 and second.run_id != first.run_id
-    assert "not resuming (train.lr: 0.0002 -> 0.001; it finished at step 16" in caplog.text
+    assert checkpoint_path(changed, prepared) != checkpoint_path(tiny, prepared)
+    assert checkpoint_path(tiny, prepared).read_bytes() == kept
+
+
+def _with_train(params, **update):
+    return params.model_copy(update={"train": params.train.model_copy(update=update)})
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (
+            lambda s: s["params"].update({"model.g_width": 16}),
+            r"trained with other settings \(model.g_width: 16 -> 8\)",
+        ),
+        (lambda s: s["generator"].update({"main.0.weight": torch.zeros(3, 3, 4, 4)}), "does not fit this model"),
+        (lambda s: s.update({"step": 99}), "holds step 99, beyond this run's 8 steps"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_and_kept(prepared: Paths, tiny, tamper, message: str):
+    one_epoch = _with_train(tiny, epochs=1, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):  # stop after the first checkpoint, mid-epoch
+        train(one_epoch, prepared, on_progress=_interrupt)
+    path = checkpoint_path(one_epoch, prepared)
+    state = torch.load(path, weights_only=True)
+    tamper(state)
+    torch.save(state, path)
+    tampered = path.read_bytes()
+
+    with pytest.raises(CheckpointError, match=message):
+        train(one_epoch, prepared)
+    assert path.read_bytes() == tampered
+
+
+def _interrupt(step: int, total: int, metrics: dict) -> None:
+    if step >= 4:
+        raise KeyboardInterrupt
 
 
 def test_a_pickle_checkpoint_is_refused_not_executed(prepared: Paths, tiny, tmp_path: Path):
@@ -159,8 +196,8 @@ def test_a_pickle_checkpoint_is_refused_not_executed(prepared: Paths, tiny, tmp_
         def __reduce__(self):
             return (Path.touch, (marker,))
 
-    prepared.checkpoints.mkdir(parents=True)
-    (prepared.checkpoints / "last.pt").write_bytes(pickle.dumps({"step": 1, "params": {}, "x": Exploit()}))
+    checkpoint_path(tiny, prepared).parent.mkdir(parents=True)
+    checkpoint_path(tiny, prepared).write_bytes(pickle.dumps({"step": 1, "params": {}, "x": Exploit()}))
     with pytest.raises(CheckpointError, match="last.pt: not a usable checkpoint"):
         train(tiny, prepared)
     assert not marker.exists()
@@ -191,7 +228,7 @@ def test_a_nan_loss_stops_training_keeps_the_checkpoint_and_fails_the_run(
     with pytest.raises(TrainingDiverged, match=r"diverged at step 7: \{'loss_d': nan.*last.pt \(step 5\) is kept"):
         train(tiny, prepared)
 
-    state = load_checkpoint(prepared.checkpoints / "last.pt")
+    state = load_checkpoint(checkpoint_path(tiny, prepared))
     assert state["step"] == 5 and all(torch.isfinite(t).all() for t in state["discriminator"].values())
     client = _client(prepared)
     (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
