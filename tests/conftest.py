@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -82,10 +87,14 @@ def tiny(project: Paths) -> Params:
 BIN = Path(sys.executable).parent
 
 
-def run_cmd(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def dvc_env() -> dict[str, str]:
+    """The environment of a user's shell in the project: the venv's commands first, no tracking server."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DCGAN_MNIST_DIR")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1")
-    result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def run_cmd(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -110,3 +119,63 @@ def repo(tmp_path: Path) -> Path:
     run_cmd(repo, "git", "add", "-A")
     run_cmd(repo, "git", "commit", "-qm", "pipeline")
     return repo
+
+
+# Real servers and long-running commands, started in their own session and stopped with their children.
+STARTUP_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Processes started in their own session, stopped by their pids (the whole group), even on failure."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
+
+
+def wait_until(check, what: str, procs: Processes, timeout: float = STARTUP_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{what} not ready after {timeout} s\n{procs.tail()}")
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = Processes(logs)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

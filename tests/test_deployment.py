@@ -3,80 +3,17 @@ and `prefect deployment run train-dcgan/train-dcgan --watch` as a user types it.
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import mlflow
-import pytest
 
-from .conftest import BIN
-
-STARTUP_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Processes started in their own session, stopped by their pids (the whole group), even on failure."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, name: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-    def tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
-
-
-def _wait_until(check, what: str, procs: Processes, timeout: float = STARTUP_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{what} not ready after {timeout} s\n{procs.tail()}")
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = Processes(logs)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
+from .conftest import BIN, Processes, free_port, wait_until
 
 
 def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, processes: Processes):
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
@@ -95,27 +32,38 @@ def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, 
                                       "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                                       "--artifacts-destination", str(tmp_path / "mlartifacts")],
                     tmp_path, env)  # fmt: skip
-    _wait_until(lambda: httpx.get(f"{prefect_api}/health").status_code == 200, "prefect server", processes)
-    _wait_until(lambda: httpx.get(f"{mlflow_uri}/health").status_code == 200, "mlflow server", processes)
+    wait_until(lambda: httpx.get(f"{prefect_api}/health").status_code == 200, "prefect server", processes)
+    wait_until(lambda: httpx.get(f"{mlflow_uri}/health").status_code == 200, "mlflow server", processes)
 
     processes.start("serve", [str(BIN / "python"), "-m", "flows.serve"], repo, env)
     deployments = f"{prefect_api}/deployments/filter"
-    _wait_until(lambda: httpx.post(deployments, json={}).json(), "deployment train-dcgan", processes)
+    wait_until(lambda: httpx.post(deployments, json={}).json(), "deployment train-dcgan", processes)
 
-    overrides = {"overrides": {"train.epochs": 1}}
+    # Two runs at once: the deployment (limit=1) queues the second until the first has finished.
+    overrides = json.dumps({"overrides": {"train.epochs": 1}})
+    deployment_run = ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--params", overrides]
+    first = subprocess.run(deployment_run, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
     run = subprocess.run(
-        ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--params", json.dumps(overrides),
-         "--watch", "--watch-timeout", "400"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=460,
-    )  # fmt: skip
+        [*deployment_run, "--watch", "--watch-timeout", "500"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{processes.tail()}"
 
-    (flow_run,) = httpx.post(f"{prefect_api}/flow_runs/filter", json={}).json()
-    assert flow_run["state"]["type"] == "COMPLETED"
+    flow_runs = sorted(httpx.post(f"{prefect_api}/flow_runs/filter", json={}).json(), key=lambda r: r["start_time"])
+    assert [r["state"]["type"] for r in flow_runs] == ["COMPLETED", "COMPLETED"]
+    assert flow_runs[0]["end_time"] <= flow_runs[1]["start_time"]  # one after the other, not interleaved
 
     client = mlflow.MlflowClient(mlflow_uri)  # over HTTP
-    (mlflow_run,) = client.search_runs(client.get_experiment_by_name("dcgan-mnist").experiment_id)
-    assert mlflow_run.data.tags["prefect.flow_run_id"] == flow_run["id"]
+    mlflow_runs = client.search_runs(
+        client.get_experiment_by_name("dcgan-mnist").experiment_id, order_by=["start_time"]
+    )
+    assert [r.data.tags["prefect.flow_run_id"] for r in mlflow_runs] == [r["id"] for r in flow_runs]
+    mlflow_run = mlflow_runs[0]
     assert mlflow_run.data.params["train.epochs"] == "1"
     assert {"loss_d", "loss_g", "fid_quick", "eval_fid", "parity_max_abs_error"} <= set(mlflow_run.data.metrics)
     version = client.get_model_version("dcgan-generator", "1")

@@ -17,8 +17,8 @@ import dcgan.export
 from dcgan.classifier import train_classifier
 from dcgan.config import Paths
 from dcgan.data import prepare
-from dcgan.errors import ParityError
-from dcgan.evaluate import evaluate
+from dcgan.errors import DiskError, ParityError
+from dcgan.evaluate import evaluate, generator_as_exported
 from dcgan.export import CHAMPION, REGISTERED_MODEL, export
 from dcgan.tracking import tracking_uri
 from dcgan.train import train
@@ -172,3 +172,18 @@ def test_generate_refuses_bad_input(project: Paths, args: list[str], message: st
                      {"MLFLOW_TRACKING_URI": tracking_uri(project)})  # fmt: skip
     assert done.returncode == 1 and message in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_full_disk_while_exporting_keeps_the_previous_model(trained: Paths, tiny):
+    from .test_faults import file_size_limit
+
+    export(tiny, trained)
+    onnx_file = trained.models / "generator.onnx"
+    good = onnx_file.read_bytes()
+
+    # The export's own write (MLflow's SQLite store, which also grows, is not what this test is about).
+    generator, run_id = generator_as_exported(tiny, trained), json.loads(trained.mlflow_run.read_text())["run_id"]
+    with file_size_limit(len(good) // 2), pytest.raises(DiskError, match="generator.onnx: could not write it"):
+        dcgan.export.export_checked(generator, onnx_file, tiny, trained, run_id)
+    assert onnx_file.read_bytes() == good
+    assert sorted(p.name for p in trained.models.glob("*generator*")) == ["generator.onnx", "generator.safetensors"]

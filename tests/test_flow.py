@@ -77,3 +77,23 @@ def test_a_failing_stage_fails_the_flow_run_readably(repo, prefect_home, monkeyp
     state = train_dcgan(return_state=True)
     assert state.is_failed()
     assert "DataError: train-images-idx3-ubyte: SHA-256 mismatch: expected ba891046" in state.message
+
+
+def test_an_unreachable_tracking_server_fails_the_flow_run_readably(
+    repo, prefect_home, monkeypatch: pytest.MonkeyPatch
+):
+    import flows.train_dcgan
+    from flows.train_dcgan import train_dcgan
+
+    from .conftest import free_port
+
+    monkeypatch.chdir(repo)
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # Transient: retried (3 times), here without the backoff's waits.
+    monkeypatch.setattr(flows.train_dcgan.train_model, "retry_delay_seconds", [0, 0, 0])
+
+    state = train_dcgan(return_state=True)
+    assert state.is_failed()
+    assert f"TrackingError: the MLflow tracking server {uri} did not answer" in state.message

@@ -1,6 +1,8 @@
 """The DVC pipeline end to end: real `dvc repro` and `dvc exp run` in a temporary git repository."""
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -8,11 +10,21 @@ import yaml
 
 from dcgan.config import Paths
 
-from .conftest import run_cmd
+from .conftest import dvc_env, run_cmd
 
 
 def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
-    run_cmd(repo, "dvc", "repro")
+    first = subprocess.Popen(
+        ["dvc", "repro"], cwd=repo, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # A second `dvc repro` in the same workspace while the first runs: DVC's lock refuses it.
+    while not (repo / "data" / "prepared").exists() and first.poll() is None:
+        time.sleep(0.2)
+    second = subprocess.run(["dvc", "repro"], cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=120)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    assert second.returncode != 0, second.stdout
+    assert "is busy, it is being blocked by" in second.stderr and f"(PID {first.pid})" in second.stderr
 
     paths = Paths(repo)
     assert (paths.models / "generator.onnx").is_file()
