@@ -14,7 +14,7 @@ PREFECT_PORT ?= 4200
 # e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
 
-.PHONY: setup lock run repro prefect-server serve test lint clean
+.PHONY: setup lock run repro prefect-server serve test lint audit clean
 
 # The exact versions in requirements.lock, so every machine and every `dvc repro` runs the same stack.
 setup: $(VENV)/.installed
@@ -64,5 +64,10 @@ lint: setup
 	$(BIN)/ruff format --check dcgan flows tests bench
 	$(BIN)/mypy dcgan flows
 
+# Known vulnerabilities in the installed stack (pip-audit, kept in its own venv; needs PyPI's JSON API).
+audit: setup
+	test -x .audit/bin/pip-audit || ($(PYTHON) -m venv .audit && .audit/bin/python -m pip install --quiet pip-audit)
+	.audit/bin/pip-audit --strict --progress-spinner off --path $(wildcard $(VENV)/lib/python3*/site-packages)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .audit .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Does the fast path train as well as plain fp32? The quick FID (classifier features, 2,000 samples against the
 test set) of the same run trained each way, at every epoch.
 
-    python bench/quality.py [--epochs 3] [--variants fp32 fast] [--json]
+    python bench/quality.py [--epochs 3] [--variants fp32 fast] [--seed 0] [--json]
 
 Variants: fp32 (float32, NCHW: the plain way), fast (this machine's defaults: train.precision=auto,
 train.channels_last=true), bf16 (bf16 autocast, channels_last). Each trains the seed model from the same seed on
@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fp32", "fast"])
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -61,13 +62,14 @@ def main() -> None:
     n_images = len(load_prepared(project, "train", 64)[0])
     results = {}
     for variant in args.variants:
-        overrides = {"train.epochs": args.epochs, "data.train_limit": n_images, **VARIANTS[variant]}
+        overrides = {"seed": args.seed, "train.epochs": args.epochs, "data.train_limit": n_images, **VARIANTS[variant]}
         results[variant] = run(variant, load_params(overrides=overrides), project)
     first, *others = args.variants
     last_step = max(results[first]["fid_quick"])  # type: ignore[arg-type]
     final = {v: results[v]["fid_quick"][last_step] for v in args.variants}  # type: ignore[index]
     summary = {
         "benchmark": "quality",
+        "seed": args.seed,
         "steps": last_step,
         "train_images": n_images,
         "variants": results,
