@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command, under 6 minutes, installing nothing (run `make setup` first, or use a Python that
+# The GPU check, one command, under 6 minutes (its timeouts add up to 350 s), installing nothing (run `make setup` first, or use a Python that
 # has the project's dependencies):  bash bench/gpu.sh [MNIST_DIR]
 #   1. bench/train_throughput.py on the GPU: the project's step against the canonical loop, alternately
 #      (bf16 autocast, channels_last, fused Adam), then the project's step with torch.compile;
@@ -21,17 +21,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 project=$out/project
 mkdir -p "$project"
 cp params.yaml "$project/"
-(cd "$project" && timeout 120 "$PY" -m dcgan fetch -S "data.source_dir=$MNIST" >/dev/null \
-  && timeout 120 "$PY" -m dcgan prepare >/dev/null)
+(cd "$project" && timeout 20 "$PY" -m dcgan fetch -S "data.source_dir=$MNIST" >/dev/null \
+  && timeout 40 "$PY" -m dcgan prepare >/dev/null)
 
-timeout 120 "$PY" bench/train_throughput.py --device cuda --steps 100 --rounds 3 --mnist "$project/data/raw/mnist" \
+timeout 90 "$PY" bench/train_throughput.py --device cuda --steps 100 --rounds 3 --mnist "$project/data/raw/mnist" \
   --json | tee "$out/throughput.json"
-timeout 150 "$PY" bench/train_throughput.py --device cuda --steps 100 --rounds 3 --loop project --compile \
+timeout 100 "$PY" bench/train_throughput.py --device cuda --steps 100 --rounds 3 --loop project --compile \
   --json | tee "$out/compiled.json"
 
 # The seed run itself: 30 epochs x 468 steps; training time as `train` measures it, and the command's wall time.
 start=$(date +%s%N)
-(cd "$project" && timeout 240 "$PY" -m dcgan train -S evaluate.every_epochs=0 -S train.log_every=100 \
+(cd "$project" && timeout 100 "$PY" -m dcgan train -S evaluate.every_epochs=0 -S train.log_every=100 \
   >"$out/train.json" 2>"$out/train.log") || { tail -20 "$out/train.log"; exit 1; }
 echo "{\"wall_ms\": $(( ($(date +%s%N) - start) / 1000000 ))}" >"$out/wall.json"
 

@@ -246,3 +246,13 @@ def test_compiled_networks_train_like_eager_ones(tmp_path: Path, prepared: Paths
     assert compiled.steps == eager.steps
     for key, value in eager.final.items():
         assert compiled.final[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+
+
+def test_no_absolute_paths_in_what_mlflow_records(prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(prepared.root)  # as a user runs it: paths relative to the project
+    result = train(_with_train(tiny, epochs=1), Paths())
+    run = _client(prepared).get_run(result.run_id)
+    recorded = {**run.data.params, **run.data.tags, "input": run.inputs.dataset_inputs[0].dataset.source}
+    absolute = [f"{k}={v}" for k, v in recorded.items() if v.startswith("/") or '"/' in v or str(Path.home()) in v]
+    assert not absolute
+    assert run.data.tags["mlflow.source.name"] == "dcgan train"
