@@ -161,6 +161,7 @@ def test_generate_needs_no_torch(trained: Paths, tiny, tmp_path: Path):
         (["--model", "params.yaml"], "params.yaml: not a valid ONNX model"),
         (["--model", "missing.onnx"], "missing.onnx: no such model file"),
         (["--model", "models/generator.onnx", "-n", "0"], "-n 0: expected between 1 and 10000 samples"),
+        (["--model", "models/generator.onnx", "-n", "-5"], "-n -5: expected between 1 and 10000 samples"),
         (["--model", "models/generator.onnx", "-n", "1000000"], "-n 1000000: expected between 1 and 10000"),
         (["--model", "models:/no-such-model@champion"], "models:/no-such-model@champion: cannot download it"),
     ],
