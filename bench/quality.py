@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -32,7 +31,6 @@ VARIANTS = {
 
 
 def run(variant: str, params: Params, project: Paths) -> dict[str, object]:
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exported the previous variant's store
     with tempfile.TemporaryDirectory(prefix=f"quality-{variant}-") as tmp:
         paths = Paths(Path(tmp))
         paths.models.mkdir()

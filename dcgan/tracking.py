@@ -33,14 +33,24 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "dcgan-mnist"
 
 
+# Project stores this process pointed MLflow at. mlflow.set_tracking_uri exports its URI as
+# $MLFLOW_TRACKING_URI, which must not then pass for the user's choice when another project is used.
+_PROJECT_STORES: set[str] = set()
+
+
 def tracking_uri(paths: Paths) -> str:
-    """$MLFLOW_TRACKING_URI, else the SQLite store `mlflow.db` at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
+    """$MLFLOW_TRACKING_URI as the user set it, else the SQLite store `mlflow.db` at the project root."""
+    chosen = os.environ.get("MLFLOW_TRACKING_URI")
+    if chosen and chosen not in _PROJECT_STORES:
+        return chosen
+    return f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
 
 
 def use_experiment(paths: Paths) -> str:
     """Point MLflow at this project's store and experiment; returns the experiment id."""
     uri = tracking_uri(paths)
+    if uri != os.environ.get("MLFLOW_TRACKING_URI"):
+        _PROJECT_STORES.add(uri)
     mlflow.set_tracking_uri(uri)
     with server_errors(uri):
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)

@@ -256,3 +256,16 @@ def test_no_absolute_paths_in_what_mlflow_records(prepared: Paths, tiny, monkeyp
     absolute = [f"{k}={v}" for k, v in recorded.items() if v.startswith("/") or '"/' in v or str(Path.home()) in v]
     assert not absolute
     assert run.data.tags["mlflow.source.name"] == "dcgan train"
+
+
+def test_two_projects_in_one_process_log_to_their_own_stores(tmp_path: Path, prepared: Paths, tiny):
+    # mlflow.set_tracking_uri exports the first project's store as $MLFLOW_TRACKING_URI: not the user's choice.
+    first = train(_with_train(tiny, epochs=1), prepared)
+    other = _copy(prepared, tmp_path / "other")
+    second = train(_with_train(tiny, epochs=1), other)
+    assert _client(other).get_run(second.run_id).info.status == "FINISHED"
+    assert [
+        r.info.run_id
+        for r in _client(other).search_runs([_client(other).get_experiment_by_name(EXPERIMENT).experiment_id])
+    ] == [second.run_id]
+    assert first.run_id != second.run_id
