@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -88,10 +89,11 @@ def training_run(
 
     Logs the effective params, the git commit and the DVC hashes of the data, and records the run id
     for the later stages. If the body fails, the run ends FAILED (KILLED on Ctrl-C) with the reason in the tag
-    `failure_reason`.
+    `failure_reason`. Runs that a killed process left RUNNING are ended first (`end_abandoned_runs`).
     """
     experiment_id = use_experiment(paths)
     with server_errors(tracking_uri(paths)):
+        end_abandoned_runs(experiment_id, keep=resume_run_id)
         if resume_run_id and not _run_exists(resume_run_id):
             log.warning("MLflow run %s of the checkpoint is not in %s: new run", resume_run_id, tracking_uri(paths))
             resume_run_id = None
@@ -104,6 +106,8 @@ def training_run(
             mlflow.set_tags(
                 {
                     "git_commit": git_commit(paths.root),
+                    "host": socket.gethostname(),  # which process owns the run: see end_abandoned_runs
+                    "pid": str(os.getpid()),
                     "data.raw.dvc_md5": raw_hash,
                     "data.prepared.dvc_md5": prepared_hash,
                     **(tags or {}),
@@ -133,6 +137,45 @@ def _end_failed(run_id: str, err: BaseException) -> None:
             mlflow.end_run(status)  # leaves no active run behind, even when the server does not answer
         except MlflowException as end_err:
             log.warning("MLflow run %s: could not mark it %s: %s", run_id, status, str(end_err).splitlines()[0])
+
+
+def end_abandoned_runs(experiment_id: str, keep: str | None = None) -> list[str]:
+    """End as KILLED the runs still RUNNING whose `dcgan train` process, on this host, is gone: a process killed
+    by SIGKILL, the kernel's out-of-memory killer or a power cut cannot end its own run. Returns their ids.
+
+    Runs of other hosts are left alone (their processes cannot be seen from here), and so is `keep`, the run
+    about to be resumed.
+    """
+    host = socket.gethostname()
+    running = mlflow.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'", output_format="list"
+    )
+    client = mlflow.MlflowClient()
+    ended = []
+    for run in running:
+        pid = run.data.tags.get("pid", "")
+        if run.info.run_id == keep or not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        client.set_tag(
+            run.info.run_id,
+            "failure_reason",
+            f"its training process ({pid} on {host}) ended without closing the run: killed (SIGKILL, out of "
+            "memory) or the machine went down",
+        )
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked KILLED", run.info.run_id, pid)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 Each fault ends with a clear error (or a clean resume) and no file a user already had is lost or half-written."""
 
 import copy
+import json
 import os
 import random
 import resource
@@ -23,6 +24,7 @@ from dcgan.classifier import train_classifier
 from dcgan.config import Params, Paths
 from dcgan.data import prepare
 from dcgan.errors import DiskError, TrackingError
+from dcgan.tracking import tracking_uri
 from dcgan.train import train
 
 from .conftest import BIN, TINY, Processes, free_port, wait_until, write_params
@@ -97,6 +99,34 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(prepared: 
     for name in ("models/generator.safetensors", "models/discriminator.safetensors", "reports/losses.csv"):
         assert (prepared.root / name).read_bytes() == (reference.root / name).read_bytes(), name
     assert [p.name for p in last.parent.iterdir()] == ["last.pt"]  # no leftovers of the killed writes
+
+
+def test_a_run_left_running_by_a_killed_process_is_ended_by_the_next_training(prepared: Paths):
+    _long_run(prepared.root)
+    proc = _train_command(prepared.root, _env())
+    deadline = time.monotonic() + 120
+    while not prepared.mlflow_run.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no MLflow run recorded after 120 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    killed = json.loads(prepared.mlflow_run.read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri(prepared))
+    assert client.get_run(killed).info.status == "RUNNING"  # nothing in a SIGKILLed process could end it
+
+    # Other settings, so a new run rather than a resume of the killed one.
+    other = subprocess.run(
+        [str(BIN / "dcgan"), "train", "-S", "seed=1", "-S", "train.epochs=1"],
+        cwd=prepared.root, env=_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert f"was left RUNNING by process {proc.pid}, which is gone: marked KILLED" in other.stderr
+    run = client.get_run(killed)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith(f"its training process ({proc.pid} on ")
+    new_run = json.loads(prepared.mlflow_run.read_text())["run_id"]
+    assert client.get_run(new_run).info.status == "FINISHED"
 
 
 def test_an_unreachable_tracking_server_is_a_clear_error_at_start(
