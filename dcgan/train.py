@@ -16,8 +16,8 @@ import dataclasses
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -91,6 +91,7 @@ class Nets:
     discriminator: Discriminator
     g_step: nn.Module  # what the training step calls: the same networks, wrapped by DDP and torch.compile if asked
     d_step: nn.Module
+    d_judge: nn.Module  # D as G's step calls it: frozen there, so never DDP (no gradients to average)
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
 
@@ -113,13 +114,24 @@ def build_nets(params: Params, device: torch.device, ranks: Ranks | None = None)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused)
     g_step: nn.Module = generator
     d_step: nn.Module = discriminator
+    d_judge: nn.Module = discriminator
     if ranks.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         g_step = DistributedDataParallel(generator, device_ids=device_ids)
         d_step = DistributedDataParallel(discriminator, device_ids=device_ids)
     if cfg.compile:
-        g_step, d_step = cast(nn.Module, torch.compile(g_step)), cast(nn.Module, torch.compile(d_step))
-    return Nets(generator, discriminator, g_step, d_step, opt_g, opt_d)
+        g_step, d_step, d_judge = (cast(nn.Module, torch.compile(net)) for net in (g_step, d_step, d_judge))
+    return Nets(generator, discriminator, g_step, d_step, d_judge, opt_g, opt_d)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No gradients for the module's weights inside (they still flow through it to its inputs)."""
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        module.requires_grad_(True)
 
 
 def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -144,11 +156,14 @@ def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dty
     loss_d.backward()
     nets.opt_d.step()
 
-    # (2) G: maximise log D(G(z)) (the non-saturating loss), against the D just updated.
-    with autocast(real.device, dtype):
-        loss_g = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
-    nets.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+    # (2) G: maximise log D(G(z)) (the non-saturating loss), against the D just updated. Only G is stepped,
+    # so D's weight gradients would be computed for nothing: freezing D saves a third of its backward pass
+    # (the same weights to the last bit; tested).
+    with frozen(nets.discriminator):
+        with autocast(real.device, dtype):
+            loss_g = F.binary_cross_entropy_with_logits(nets.d_judge(fake), ones)
+        nets.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
     nets.opt_g.step()
 
     d_real, d_fake = torch.sigmoid(logits_real.detach()).mean(), torch.sigmoid(logits_fake.detach()).mean()

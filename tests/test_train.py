@@ -5,6 +5,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from dcgan.checkpoint import checkpoint_path, load_checkpoint
@@ -14,7 +15,7 @@ from dcgan.data import prepare
 from dcgan.errors import CheckpointError, TrainingDiverged
 from dcgan.tensors import read_metadata
 from dcgan.tracking import EXPERIMENT, dvc_hash, tracking_uri
-from dcgan.train import METRICS, train
+from dcgan.train import METRICS, Nets, build_nets, train, train_step
 
 STEPS_PER_EPOCH = 256 // 32
 
@@ -234,6 +235,37 @@ def test_a_nan_loss_stops_training_keeps_the_checkpoint_and_fails_the_run(
     (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("TrainingDiverged: training diverged at step 7")
+
+
+def _seed_step(nets: Nets, real: torch.Tensor, z: torch.Tensor) -> None:
+    """The seed's step written out plainly: D's weight gradients computed in G's update too, then discarded."""
+    ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
+    fake = nets.generator(z)
+    loss_d = F.binary_cross_entropy_with_logits(nets.discriminator(real), ones)
+    loss_d = loss_d + F.binary_cross_entropy_with_logits(nets.discriminator(fake.detach()), zeros)
+    nets.opt_d.zero_grad()
+    loss_d.backward()
+    nets.opt_d.step()
+    loss_g = F.binary_cross_entropy_with_logits(nets.discriminator(fake), ones)
+    nets.opt_g.zero_grad()
+    loss_g.backward()
+    nets.opt_g.step()
+
+
+def test_the_training_step_trains_exactly_as_the_seeds_step(tiny):
+    ours, seeds = build_nets(tiny, torch.device("cpu")), build_nets(tiny, torch.device("cpu"))
+    torch.manual_seed(1)
+    size = tiny.data.image_size
+    for _ in range(3):
+        real, z = torch.rand(16, 1, size, size) * 2 - 1, torch.randn(16, tiny.model.z_dim, 1, 1)
+        train_step(ours, real, z, None)
+        _seed_step(seeds, real, z)
+
+    for net in ("generator", "discriminator"):
+        expected = getattr(seeds, net).state_dict()
+        for name, tensor in getattr(ours, net).state_dict().items():
+            assert torch.equal(tensor, expected[name]), f"{net}.{name}"
+    assert all(p.requires_grad for p in ours.discriminator.parameters())
 
 
 def test_compiled_networks_train_like_eager_ones(tmp_path: Path, prepared: Paths, tiny):
