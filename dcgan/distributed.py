@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,13 @@ from torch import nn
 
 from dcgan.config import Params, Paths
 from dcgan.errors import DcganError
+from dcgan.files import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+# Where rank 0 reports its progress for the launching process (which passes it on to its own progress hook).
+PROGRESS_FILE_ENV = "DCGAN_PROGRESS_FILE"
+ProgressHook = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -52,22 +57,55 @@ class Ranks:
         return self.world_size > 1
 
 
-def launch(params: Params, paths: Paths, run_tags: Mapping[str, str] | None) -> dict[str, Any]:
+def launch(
+    params: Params, paths: Paths, run_tags: Mapping[str, str] | None, on_progress: ProgressHook | None = None
+) -> dict[str, Any]:
     """Run `dcgan train` under torchrun, one process per device, with these exact params; returns rank 0's result
-    (reports/train.json)."""
+    (reports/train.json). `on_progress` is called with rank 0's progress, read each second while it trains."""
     n = params.train.nproc_per_node
     with tempfile.TemporaryDirectory(prefix="dcgan-torchrun-") as tmp:
         params_file = Path(tmp) / "params.yaml"  # the effective params, overrides included
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        progress = Path(tmp) / "progress.json"
         tags = [f"--tag={key}={value}" for key, value in (run_tags or {}).items()]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
         command += ["-m", "dcgan", "train", f"--params={params_file}", *tags]
         log.info("launching %d training processes: %s", n, " ".join(command))
-        returncode = subprocess.run(command, cwd=paths.root).returncode
-    if returncode:
-        raise DcganError(f"torchrun with {n} training processes failed (exit {returncode}): see their errors above")
+        with subprocess.Popen(command, cwd=paths.root, env={**os.environ, PROGRESS_FILE_ENV: str(progress)}) as proc:
+            try:
+                reported = None
+                ended = False
+                while not ended:  # the last read comes after the end, so the last report is never missed
+                    try:
+                        proc.wait(timeout=1)
+                        ended = True
+                    except subprocess.TimeoutExpired:
+                        pass
+                    report = json.loads(progress.read_text()) if progress.exists() else None  # written atomically
+                    if on_progress and report and report != reported:
+                        on_progress(report["step"], report["total_steps"], report["metrics"])
+                        reported = report
+            except BaseException:
+                proc.terminate()  # torchrun stops its workers on SIGTERM
+                raise
+    if proc.returncode:
+        raise DcganError(
+            f"torchrun with {n} training processes failed (exit {proc.returncode}): see their errors above"
+        )
     result: dict[str, Any] = json.loads((paths.reports / "train.json").read_text())
     return result
+
+
+def progress_reporter() -> ProgressHook | None:
+    """Under `launch`, rank 0's progress hook: it writes the progress where the launching process reads it."""
+    path = os.environ.get(PROGRESS_FILE_ENV)
+    if not path:
+        return None
+
+    def report(step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        write_json_atomic(Path(path), {"step": step, "total_steps": total_steps, "metrics": metrics})
+
+    return report
 
 
 def init(ranks: Ranks, device: torch.device) -> None:

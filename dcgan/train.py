@@ -16,7 +16,7 @@ import dataclasses
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from dcgan import distributed, tracking
 from dcgan.checkpoint import checkpoint_path, load_checkpoint, resume_mismatch, save_checkpoint
 from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
-from dcgan.distributed import Ranks
+from dcgan.distributed import ProgressHook, Ranks
 from dcgan.errors import CheckpointError, DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
 from dcgan.files import remove_leftovers, write_bytes_atomic, write_json_atomic
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 GRID_SIZE = 64
-
-ProgressHook = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -184,7 +182,7 @@ def train(
     cfg = params.train
     ranks = Ranks.from_env()
     if cfg.nproc_per_node > 1 and not ranks.distributed:
-        return TrainResult(**distributed.launch(params, paths, run_tags))
+        return TrainResult(**distributed.launch(params, paths, run_tags, on_progress))
     if ranks.world_size != cfg.nproc_per_node:
         raise DcganError(
             f"train.nproc_per_node is {cfg.nproc_per_node} but torchrun started {ranks.world_size} processes: "
@@ -193,6 +191,7 @@ def train(
     device = resolve_device(cfg.device, ranks.local_rank)
     if ranks.distributed:
         distributed.init(ranks, device)
+        on_progress = on_progress or distributed.progress_reporter()
     dtype = resolve_precision(cfg.precision, device)
     images, _ = load_prepared(paths, "train", params.data.image_size)
     images = images.to(device)  # N x 1 x S x S, resident on the device: no DataLoader

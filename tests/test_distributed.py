@@ -15,7 +15,7 @@ from dcgan.data import prepare
 from dcgan.distributed import Ranks, check_identical
 from dcgan.errors import DcganError, ParamsError
 from dcgan.tracking import EXPERIMENT, tracking_uri
-from dcgan.train import train
+from dcgan.train import METRICS, train
 
 from .conftest import write_params
 
@@ -27,9 +27,13 @@ def test_nproc_per_node_2_launches_torchrun_with_one_run_and_one_checkpoint(
     prepare(params, project)
     train_classifier(params, project)
 
-    result = train(params, project, run_tags={"launched_by": "test"})
+    progress: list[tuple[int, int, dict[str, float]]] = []
+    result = train(params, project, run_tags={"launched_by": "test"}, on_progress=lambda *p: progress.append(p))
 
     assert result.steps == 2 * 256 // 32 and result.resumed_from == 0
+    # Rank 0's progress reaches the launching process's hook (the Prefect task's progress artifact).
+    assert progress[-1][:2] == (result.steps, result.steps) and set(progress[-1][2]) == set(METRICS)
+    assert progress[-1][2] == pytest.approx(result.final)
     out = capfd.readouterr()
     # Each rank checks at the end that it holds exactly rank 0's weights, and says so.
     assert out.err.count("all 2 processes hold identical weights") == 2, out.err[-3000:]
