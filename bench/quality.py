@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -33,10 +34,6 @@ VARIANTS = {
     "fast": {},
     "bf16": {"train.precision": "bf16", "train.channels_last": True},
 }
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def run(variant: str, params: Params, project: Paths) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def main() -> None:
             print(json.dumps({"seed": seed, "variant": variant, **results[seed][variant]}), file=sys.stderr)
     last_step = max(results[args.seeds[0]][args.variants[0]]["fid_quick"])
     final = {v: [results[s][v]["fid_quick"][last_step] for s in args.seeds] for v in args.variants}
-    means = {v: round(mean(final[v]), 1) for v in args.variants}
+    means = {v: round(statistics.mean(final[v]), 1) for v in args.variants}
     first, *others = args.variants
     summary = {
         "benchmark": "quality",

@@ -139,9 +139,9 @@ def _end_failed(run_id: str, err: BaseException) -> None:
             log.warning("MLflow run %s: could not mark it %s: %s", run_id, status, str(end_err).splitlines()[0])
 
 
-def end_abandoned_runs(experiment_id: str, keep: str | None = None) -> list[str]:
+def end_abandoned_runs(experiment_id: str, keep: str | None = None) -> None:
     """End as KILLED the runs still RUNNING whose `dcgan train` process, on this host, is gone: a process killed
-    by SIGKILL, the kernel's out-of-memory killer or a power cut cannot end its own run. Returns their ids.
+    by SIGKILL, the kernel's out-of-memory killer or a power cut cannot end its own run.
 
     Runs of other hosts are left alone (their processes cannot be seen from here), and so is `keep`, the run
     about to be resumed.
@@ -151,7 +151,6 @@ def end_abandoned_runs(experiment_id: str, keep: str | None = None) -> list[str]
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'", output_format="list"
     )
     client = mlflow.MlflowClient()
-    ended = []
     for run in running:
         pid = run.data.tags.get("pid", "")
         if run.info.run_id == keep or not pid.isdigit() or _process_exists(int(pid)):
@@ -164,8 +163,6 @@ def end_abandoned_runs(experiment_id: str, keep: str | None = None) -> list[str]
         )
         client.set_terminated(run.info.run_id, "KILLED")
         log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked KILLED", run.info.run_id, pid)
-        ended.append(run.info.run_id)
-    return ended
 
 
 def _process_exists(pid: int) -> bool:

