@@ -25,7 +25,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as err:
-        raise DiskError(f"{path}: could not write it ({err.strerror or err}); {_kept(path)}") from err
+        raise _disk_error(path, err) from err
     tmp = Path(name)
     try:
         yield tmp
@@ -34,13 +34,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(written.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        raise DiskError(f"{path}: could not write it ({err.strerror or err}); {_kept(path)}") from err
+        raise _disk_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _kept(path: Path) -> str:
-    return "the previous file is unchanged" if path.exists() else "nothing was written"
+def _disk_error(path: Path, err: OSError) -> DiskError:
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+    return DiskError(f"{path}: could not write it ({err.strerror or err}); {kept}")
 
 
 def remove_leftovers(path: Path) -> None:

@@ -98,8 +98,8 @@ def training_run(
             log.warning("MLflow run %s of the checkpoint is not in %s: new run", resume_run_id, tracking_uri(paths))
             resume_run_id = None
         # MLflow would record the entry point's absolute path (a home folder, a venv) as the run's source.
-        source = None if resume_run_id else {"mlflow.source.name": "dcgan train"}
-        run_id = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, tags=source).info.run_id
+        source_tag = None if resume_run_id else {"mlflow.source.name": "dcgan train"}
+        run_id = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, tags=source_tag).info.run_id
         try:
             _log_new_params(run_id, params.flat())
             raw_hash, prepared_hash = dvc_hash(paths.raw), dvc_hash(paths.prepared)

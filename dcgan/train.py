@@ -137,16 +137,15 @@ def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dty
 
     Returns the detached METRICS as one tensor, so that the caller decides when to sync with the host.
     """
-    generator, discriminator = nets.g_step, nets.d_step
     ones = torch.ones(len(real), device=real.device)
     zeros = torch.zeros(len(real), device=real.device)
 
     # (1) D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D separately, as in the
     # seed, so that each BatchNorm batch holds one kind of image.
     with autocast(real.device, dtype):
-        fake = generator(z)  # B x 1 x S x S
-        logits_real = discriminator(real)  # B
-        logits_fake = discriminator(fake.detach())  # B
+        fake = nets.g_step(z)  # B x 1 x S x S
+        logits_real = nets.d_step(real)  # B
+        logits_fake = nets.d_step(fake.detach())  # B
         loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + F.binary_cross_entropy_with_logits(
             logits_fake, zeros
         )

@@ -87,14 +87,15 @@ def tiny(project: Paths) -> Params:
 BIN = Path(sys.executable).parent
 
 
-def dvc_env() -> dict[str, str]:
-    """The environment of a user's shell in the project: the venv's commands first, no tracking server."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DCGAN_MNIST_DIR")}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell in the project: the venv's commands first, none of the MLflow, Prefect
+    or project settings of the shell running the tests (no tracking server unless `extra` names one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "DCGAN_"))}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1", **extra}
 
 
 def run_cmd(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(args, cwd=repo, env=user_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 

@@ -2,28 +2,24 @@
 and `prefect deployment run train-dcgan/train-dcgan --watch` as a user types it."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import mlflow
 
-from .conftest import BIN, Processes, free_port, wait_until
+from .conftest import BIN, Processes, free_port, user_env, wait_until
 
 
 def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, processes: Processes):
     prefect_port, mlflow_port = free_port(), free_port()
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env['PATH']}",
+    env = user_env(
         PREFECT_HOME=str(tmp_path / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_API_URL=prefect_api,
         MLFLOW_TRACKING_URI=mlflow_uri,
-        DVC_NO_ANALYTICS="1",
     )
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     prefect_server = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]

@@ -3,7 +3,6 @@ Each fault ends with a clear error (or a clean resume) and no file a user alread
 
 import copy
 import json
-import os
 import random
 import resource
 import shutil
@@ -27,7 +26,7 @@ from dcgan.errors import DiskError, TrackingError
 from dcgan.tracking import tracking_uri
 from dcgan.train import train
 
-from .conftest import BIN, TINY, Processes, free_port, wait_until, write_params
+from .conftest import BIN, TINY, Processes, free_port, user_env, wait_until, write_params
 
 
 @pytest.fixture
@@ -43,11 +42,6 @@ def _long_run(root: Path, epochs: int = 12, checkpoint_every: int = 1, fid_every
     tree["train"].update(epochs=epochs, checkpoint_every=checkpoint_every)
     tree["evaluate"].update(every_epochs=fid_every)
     return write_params(root, tree)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", **extra}
 
 
 def _train_command(root: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -77,14 +71,16 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(prepared: 
     params = _long_run(prepared.root)
     reference = Paths(tmp_path / "reference")
     shutil.copytree(prepared.root, reference.root)
-    uninterrupted = subprocess.run([str(BIN / "dcgan"), "train"], cwd=reference.root, env=_env(), capture_output=True)
+    uninterrupted = subprocess.run(
+        [str(BIN / "dcgan"), "train"], cwd=reference.root, env=user_env(), capture_output=True
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     last = checkpoint_path(params, prepared)
     rng = random.Random(0)
     for _ in range(5):
         before = _checkpointed_step(last)
-        proc = _train_command(prepared.root, _env())
+        proc = _train_command(prepared.root, user_env())
         _wait_for_step(last, before + rng.randint(1, 12), proc)
         time.sleep(rng.uniform(0, 0.05))  # anywhere: mid-step, mid-write, mid-log, mid-epoch
         proc.send_signal(signal.SIGKILL)
@@ -94,7 +90,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(prepared: 
             assert f"resuming at step {before} of 96" in err
         assert _checkpointed_step(last) > before  # never half-written: it loads, and it moved on
 
-    finished = subprocess.run([str(BIN / "dcgan"), "train"], cwd=prepared.root, env=_env(), capture_output=True)
+    finished = subprocess.run([str(BIN / "dcgan"), "train"], cwd=prepared.root, env=user_env(), capture_output=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     for name in ("models/generator.safetensors", "models/discriminator.safetensors", "reports/losses.csv"):
         assert (prepared.root / name).read_bytes() == (reference.root / name).read_bytes(), name
@@ -103,7 +99,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(prepared: 
 
 def test_a_run_left_running_by_a_killed_process_is_ended_by_the_next_training(prepared: Paths):
     _long_run(prepared.root)
-    proc = _train_command(prepared.root, _env())
+    proc = _train_command(prepared.root, user_env())
     deadline = time.monotonic() + 120
     while not prepared.mlflow_run.exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -118,7 +114,7 @@ def test_a_run_left_running_by_a_killed_process_is_ended_by_the_next_training(pr
     # Other settings, so a new run rather than a resume of the killed one.
     other = subprocess.run(
         [str(BIN / "dcgan"), "train", "-S", "seed=1", "-S", "train.epochs=1"],
-        cwd=prepared.root, env=_env(), capture_output=True, text=True,
+        cwd=prepared.root, env=user_env(), capture_output=True, text=True,
     )  # fmt: skip
     assert other.returncode == 0, other.stderr[-2000:]
     assert f"was left RUNNING by process {proc.pid}, which is gone: marked KILLED" in other.stderr
@@ -145,7 +141,7 @@ def _mlflow_server(processes: Processes, root: Path, port: int) -> None:
     command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                "--artifacts-destination", str(root / "server-artifacts")]  # fmt: skip
-    processes.start(f"mlflow-{len(processes.started)}", command, root, _env())
+    processes.start(f"mlflow-{len(processes.started)}", command, root, user_env())
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200, "mlflow server", processes)
 
 
@@ -157,7 +153,7 @@ def test_a_tracking_server_that_stops_mid_run_fails_clearly_and_keeps_the_checkp
     uri = f"http://127.0.0.1:{port}"
     _mlflow_server(processes, tmp_path, port)
     # MLflow's own retries with backoff, shortened: 2 retries, 1 s then 2 s.
-    env = _env(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
+    env = user_env(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
     last = checkpoint_path(params, prepared)
 
     proc = _train_command(prepared.root, env)

@@ -10,17 +10,17 @@ import yaml
 
 from dcgan.config import Paths
 
-from .conftest import dvc_env, run_cmd
+from .conftest import run_cmd, user_env
 
 
 def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
     first = subprocess.Popen(
-        ["dvc", "repro"], cwd=repo, env=dvc_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["dvc", "repro"], cwd=repo, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     # A second `dvc repro` in the same workspace while the first runs: DVC's lock refuses it.
     while not (repo / "data" / "prepared").exists() and first.poll() is None:
         time.sleep(0.2)
-    second = subprocess.run(["dvc", "repro"], cwd=repo, env=dvc_env(), capture_output=True, text=True, timeout=120)
+    second = subprocess.run(["dvc", "repro"], cwd=repo, env=user_env(), capture_output=True, text=True, timeout=120)
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out
     assert second.returncode != 0, second.stdout
