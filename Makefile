@@ -37,7 +37,7 @@ lock:
 
 # The train-dcgan flow, once, in this process: fetch, prepare (DVC decides), train, evaluate, export, register.
 run: setup
-	$(BIN)/python -m flows.train_dcgan $(addprefix -S ,$(OVERRIDES))
+	$(BIN)/python -m flows.run $(addprefix -S ,$(OVERRIDES))
 
 # The same stages through DVC alone: `dvc repro`, or with OVERRIDES a DVC experiment (`dvc exp run -S ...`).
 repro: setup

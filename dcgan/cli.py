@@ -30,7 +30,7 @@ def _run(stage: Callable[[Params, Paths], Any], params_file: Path, overrides: li
 
 
 def _report(call: Callable[[], Any]) -> None:
-    """Run `call`, print its result as JSON; a DcganError becomes its message and a non-zero exit."""
+    """Run `call`, print its result (a dataclass as JSON); a DcganError becomes its message and a non-zero exit."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("dcgan").setLevel(logging.INFO)  # ours at INFO; the libraries' chatter only from WARNING
     try:
@@ -38,15 +38,16 @@ def _report(call: Callable[[], Any]) -> None:
     except DcganError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(err.exit_code) from None
-    typer.echo(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+    typer.echo(result if isinstance(result, str) else json.dumps(dataclasses.asdict(result), default=str, indent=2))
 
 
 @app.command()
 def fetch(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
-    """Materialize the MNIST IDX files in data/raw/mnist (local folder or download), digests checked."""
-    from dcgan.data import fetch
+    """Materialize the MNIST IDX files in data/raw/mnist (local folder or download, digests checked), unless they
+    already match data/raw/mnist.dvc."""
+    from dcgan.versioning import fetch_versioned
 
-    _run(fetch, params_file, overrides)
+    _run(fetch_versioned, params_file, overrides)
 
 
 @app.command()

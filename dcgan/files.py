@@ -44,6 +44,17 @@ def _disk_error(path: Path, err: OSError) -> DiskError:
     return DiskError(f"{path}: could not write it ({err.strerror or err}); {kept}")
 
 
+def check_writable(folder: Path, advice: str) -> None:
+    """Make sure files can be created in `folder` (made if missing) before work that would fail there later;
+    else a DiskError naming the folder, the cause and `advice`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise DiskError(f"{folder}: cannot write there ({err.strerror or err}): {advice}") from None
+
+
 def remove_leftovers(path: Path) -> None:
     """Delete the temporary files of `path` that a process killed while writing it (SIGKILL, power loss) left."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):

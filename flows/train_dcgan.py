@@ -157,13 +157,3 @@ Registry: {summary["promotion"]}.
 | --- | --- |
 {rows}
 """
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from dcgan.config import parse_overrides
-
-    parser = argparse.ArgumentParser(description="Run the train-dcgan flow once, in this process.")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="e.g. -S train.epochs=1")
-    train_dcgan(overrides=parse_overrides(parser.parse_args().overrides))
