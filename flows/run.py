@@ -20,6 +20,7 @@ from flows import SERVER_STARTUP_S
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(SERVER_STARTUP_S))
 
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME  # noqa: E402
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP_TIMEOUT  # noqa: E402
 
 from dcgan.config import parse_overrides  # noqa: E402
 from dcgan.errors import DcganError  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(home, "Prefect keeps its state there; set PREFECT_HOME to a folder you can write to")
             print(
                 f"Starting a local Prefect server for this run, its database in {home} (on a new one, the first "
-                f"start creates it: up to a minute on a slow CPU; waiting up to {SERVER_STARTUP_S} s) ...",
+                f"start creates it: up to a minute on a slow CPU; waiting up to {STARTUP_TIMEOUT.value()} s) ...",
                 flush=True,
             )
         for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if EPHEMERAL_TIMEOUT not in str(err):
             raise
         return _fail(
-            f"the local Prefect server did not answer within {SERVER_STARTUP_S} s: on a machine this busy, raise "
-            f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server (`make prefect-server`) and set "
-            f"PREFECT_API_URL=http://127.0.0.1:4200/api"
+            f"the local Prefect server did not answer within {STARTUP_TIMEOUT.value()} s: on a machine this busy, "
+            "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server (`make prefect-server`) and "
+            "set PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     print(
         f"done: MLflow run {summary['mlflow_run_id']}, {summary['model_uri']} ({summary['promotion']}), "

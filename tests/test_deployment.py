@@ -28,10 +28,9 @@ def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, 
                                       "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                                       "--artifacts-destination", str(tmp_path / "mlartifacts")],
                     tmp_path, env)  # fmt: skip
-    wait_until(lambda: httpx.get(f"{prefect_api}/health").status_code == 200, "prefect server", processes)
-    wait_until(lambda: httpx.get(f"{mlflow_uri}/health").status_code == 200, "mlflow server", processes)
-
+    # Started at once, as a user in a second shell would: flows.serve waits while the new server makes its database.
     processes.start("serve", [str(BIN / "python"), "-m", "flows.serve"], repo, env)
+    wait_until(lambda: httpx.get(f"{mlflow_uri}/health").status_code == 200, "mlflow server", processes)
     deployments = f"{prefect_api}/deployments/filter"
     wait_until(lambda: httpx.post(deployments, json={}).json(), "deployment train-dcgan", processes)
 
