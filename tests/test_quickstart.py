@@ -1,11 +1,11 @@
 """The README's commands as a newcomer types them: a fresh `git clone`, fresh state (no .prefect/, no mlflow.db, no
 server running), then `make run`, `make repro`, `make prefect-server` and `make serve` as subprocesses.
 
-The clone shares this suite's venv (a symlink; its pyproject.toml and requirements.lock get the venv's install
-time, so make finds the venv up to date) and imports its own code (PYTHONPATH). `git clone` takes what is
-committed. One change to the clone: its data. The official MNIST files cannot be made here, so the fixture's
-slice is versioned in their place (`dvc add data/raw/mnist`, committed), as a team's own data would be; the
-commands then find the raw data up to date, as after a `dvc pull`.
+The clone shares this suite's venv (a symlink; its pyproject.toml and requirements.lock are dated before the
+venv's install, so make finds the venv up to date and leaves it alone) and imports its own code (PYTHONPATH).
+`git clone` takes what is committed. One change to the clone: its data. The official MNIST files cannot be made
+here, so the fixture's slice is versioned in their place (`dvc add data/raw/mnist`, committed), as a team's own
+data would be; the commands then find the raw data up to date, as after a `dvc pull`.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def clone(tmp_path: Path) -> Path:
     clone = tmp_path / "clone"
     run_cmd(tmp_path, "git", "clone", "-q", str(REPO), str(clone))
     (clone / ".venv").symlink_to(BIN.parent)
-    installed = (BIN.parent / ".installed").stat().st_mtime
+    older = (BIN.parent / ".installed").stat().st_mtime_ns - 10**9
     for name in ("pyproject.toml", "requirements.lock"):
-        os.utime(clone / name, (installed, installed))
+        os.utime(clone / name, ns=(older, older))
     fetch(load_params(clone / "params.yaml", {"data.source_dir": str(FIXTURE_DIR)}), Paths(clone), FIXTURE_SHA256)
     run_cmd(clone, "git", "config", "user.email", "test@example.com")
     run_cmd(clone, "git", "config", "user.name", "test")
@@ -75,6 +75,7 @@ def shell(cwd: Path, command: str, *, unshare: tuple[str, ...] = (), timeout: in
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    assert "pip install" not in out, f"make set up the shared venv again, for the clone:\n{out[-3000:]}"
     return subprocess.CompletedProcess(args, proc.returncode, out, "")
 
 
