@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from flows import SERVER_STARTUP_S
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             PATHS.root.resolve(), "the pipeline writes its outputs there; run it in a folder you can write to"
         )
         if not PREFECT_API_URL.value():
-            home = Path(PREFECT_HOME.value())
+            home = PREFECT_HOME.value()
             check_writable(home, "Prefect keeps its state there; set PREFECT_HOME to a folder you can write to")
             print(
                 f"Starting a local Prefect server for this run, its database in {home} (on a new one, the first "
