@@ -20,7 +20,8 @@ import torch
 
 from dcgan.classifier import load_classifier
 from dcgan.config import EvaluateParams, ModelParams
-from dcgan.data import read_idx, to_unit_range
+from dcgan.data.idx import read_idx
+from dcgan.data.prepare import resize_uint8, unit_range
 from dcgan.evaluate import generate, measure, quality
 from dcgan.models import build_models
 
@@ -34,10 +35,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    generator, _ = build_models(ModelParams(), 64)
+    generator, _ = build_models(ModelParams(), 64, 1)
     classifier = load_classifier(args.classifier)
-    test = to_unit_range(read_idx(args.raw / "t10k-images-idx3-ubyte"), 64)
-    train = to_unit_range(read_idx(args.raw / "train-images-idx3-ubyte")[: args.samples], 64)
+    test = unit_range(resize_uint8(read_idx(args.raw / "t10k-images-idx3-ubyte")[:, None], 64))
+    train = unit_range(resize_uint8(read_idx(args.raw / "train-images-idx3-ubyte")[: args.samples, None], 64))
     cfg = EvaluateParams(n_samples=args.samples)
 
     times = {}

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    generator = build_models(ModelParams(), 64)[0].eval()
+    generator = build_models(ModelParams(), 64, 1)[0].eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generator.onnx"
         to_onnx(generator, path, opset=20)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dcgan.config import Params, Paths, load_params
+from dcgan.config import DataParams, Params, Paths, load_params
 from dcgan.data import load_prepared
 from dcgan.train import train
 
@@ -42,7 +42,7 @@ def run(variant: str, params: Params, project: Paths) -> dict[str, Any]:
         paths.models.mkdir()
         shutil.copytree(project.prepared, paths.prepared)
         shutil.copy(project.models / "classifier.safetensors", paths.models)
-        shutil.copytree(project.raw, paths.raw)  # hashed into the run's tags
+        shutil.copytree(project.raw("mnist"), paths.raw("mnist"))  # hashed into the run's tags
         started = time.perf_counter()
         result = train(params, paths)
         with open(paths.reports / "fid.csv") as f:
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     project = Paths()
-    n_images = len(load_prepared(project, "train", 64)[0])
+    n_images = len(load_prepared(project, "train", DataParams())[0])
     results: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in args.seeds:
         results[seed] = {}

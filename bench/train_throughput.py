@@ -30,7 +30,7 @@ from dcgan.train import build_nets, resolve_device, resolve_precision, train_ste
 
 
 def project_step(params: Params, device: torch.device) -> tuple[Callable[[], None], str]:
-    nets = build_nets(params, device)
+    nets = build_nets(params, device, 1)
     dtype = resolve_precision(params.train.precision, device)
     batch, size = params.train.batch_size, params.data.image_size
     images = torch.rand(8 * batch, 1, size, size, device=device) * 2 - 1  # resident, as in `train`

@@ -1,10 +1,12 @@
-"""The MNIST classifier whose features and class probabilities the evaluation measures generated digits with.
+"""The classifier whose features and class probabilities the evaluation measures generated images with.
 
 Inception weights cannot be downloaded here, and a classifier trained on the data set is the usual choice for
-MNIST. It sees images exactly as the generator makes them (data.image_size, [-1, 1]) and resizes them to
-MNIST's 28 x 28 itself, so real and generated images take the same path.
+MNIST; each data set gets its own, trained on its labels, so FID, KID, IS, precision/recall and class coverage
+mean the same thing for every one. It sees images exactly as the generator makes them (data.image_size,
+[-1, 1]) and resizes them to the data set's own size (28 x 28 for the IDX sets, 32 x 32 for CIFAR-10 and
+folders) itself, so real and generated images take the same path.
 
-    data/raw/mnist -> models/classifier.safetensors, reports/classifier.json (test accuracy)
+    data/prepared -> models/classifier.safetensors, reports/classifier.json (test accuracy)
 """
 
 from __future__ import annotations
@@ -19,38 +21,44 @@ from torch import nn
 from tqdm import tqdm
 
 from dcgan.config import Params, Paths
-from dcgan.data import SPLIT_PREFIX, read_idx, to_unit_range
+from dcgan.data import load_prepared, prepared_info
+from dcgan.data.datasets import DATASETS
+from dcgan.errors import DataError
 from dcgan.files import write_json_atomic
-from dcgan.tensors import load_weights, save_tensors
+from dcgan.tensors import load_weights, read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
 
 N_FEATURES = 128
-MNIST_SIZE = 28
 
 
 class Classifier(nn.Module):
-    """A small CNN: two conv blocks, a 128-wide penultimate layer (the features), 10 logits."""
+    """A small CNN: two conv blocks, a 128-wide penultimate layer (the features), one logit per class.
+
+    MNIST's (the defaults): 1 channel, 10 classes, images measured at 28 x 28.
+    """
 
     num_features = N_FEATURES
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1, n_classes: int = 10, size: int = 28) -> None:
         super().__init__()
+        self.size = size
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),  # 32 x 14 x 14
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),  # 64 x 7 x 7
+            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),  # 32 x S/2 x S/2
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),  # 64 x S/4 x S/4
         )  # fmt: skip
-        self.features_head = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, N_FEATURES), nn.ReLU())
-        self.logits_head = nn.Sequential(nn.Dropout(0.25), nn.Linear(N_FEATURES, 10))
+        flat = 64 * (size // 4) ** 2
+        self.features_head = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(flat, N_FEATURES), nn.ReLU())
+        self.logits_head = nn.Sequential(nn.Dropout(0.25), nn.Linear(N_FEATURES, n_classes))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """N x 1 x S x S in [-1, 1] -> N x 128."""
-        if images.shape[-1] != MNIST_SIZE:
-            images = F.interpolate(images, size=(MNIST_SIZE, MNIST_SIZE), mode="bilinear", antialias=True)
+        """N x C x S x S in [-1, 1] -> N x 128."""
+        if images.shape[-1] != self.size:
+            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.features_head(self.conv(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_head(self.features(images))  # N x 10
+        return self.logits_head(self.features(images))  # N x classes
 
 
 @dataclass(frozen=True)
@@ -60,13 +68,21 @@ class ClassifierResult:
 
 
 def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
-    """Train on all MNIST training images (data.train_limit does not apply), report the test accuracy."""
-    cfg, size = params.classifier, params.data.image_size
-    train_x, train_y = _split(paths, "train", size)
-    test_x, test_y = _split(paths, "test", size)
+    """Train on all prepared training images (data.train_limit does not apply), report the test accuracy."""
+    cfg, data = params.classifier, params.data
+    info = prepared_info(paths, data)
+    if not info.classes:
+        raise DataError(
+            f"{paths.raw(data.dataset)}: no class subfolders, so no classifier: FID, KID, IS, precision/recall and "
+            "class coverage all measure with one trained on the labels. Put the images in one folder per class"
+        )
+    train_x, train_y = load_prepared(paths, "train", data)
+    test_x, test_y = load_prepared(paths, "test", data)
+    assert train_y is not None and test_y is not None
 
     torch.manual_seed(params.seed)
-    model = Classifier()
+    size = DATASETS[data.dataset].classifier_size
+    model = Classifier(info.channels, len(info.classes), size)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * ((len(train_x) + cfg.batch_size - 1) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
@@ -85,33 +101,30 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
     accuracy = (predict(model, test_x).argmax(1) == test_y).float().mean().item()
 
     target = paths.models / "classifier.safetensors"
-    save_tensors(model.state_dict(), target, {"image_size": size, "test_accuracy": accuracy})
+    shape = {"channels": info.channels, "n_classes": len(info.classes), "size": size}
+    metadata = {"dataset": data.dataset, "image_size": data.image_size, "classes": info.classes, **shape}
+    save_tensors(model.state_dict(), target, {**metadata, "test_accuracy": accuracy})
     write_json_atomic(paths.reports / "classifier.json", {"classifier_accuracy": accuracy})
     log.info("%s: test accuracy %.4f", target, accuracy)
     return ClassifierResult(accuracy, target)
 
 
 def load_classifier(path: Path) -> Classifier:
-    model = Classifier()
+    """The classifier `train_classifier` saved, built for the channels, classes and size it recorded."""
+    meta = read_metadata(path) if path.is_file() else {}  # a missing file: load_weights says which stage
+    model = Classifier(meta.get("channels", 1), meta.get("n_classes", 10), meta.get("size", 28))
     load_weights(model, path, "classifier")
     return model.eval()
 
 
 @torch.no_grad()
 def predict(model: Classifier, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Class probabilities, N x 10."""
+    """Class probabilities, N x classes."""
     return torch.cat([model(chunk).softmax(1) for chunk in images.split(batch)])
 
 
 @torch.no_grad()
 def embed(model: Classifier, images: torch.Tensor, batch: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features N x 128, class probabilities N x 10) in one pass."""
+    """(features N x 128, class probabilities N x classes) in one pass."""
     features = torch.cat([model.features(chunk) for chunk in images.split(batch)])
     return features, model.logits_head(features).softmax(1)
-
-
-def _split(paths: Paths, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    prefix = SPLIT_PREFIX[split]
-    images = read_idx(paths.raw / f"{prefix}-images-idx3-ubyte")
-    labels = read_idx(paths.raw / f"{prefix}-labels-idx1-ubyte")
-    return to_unit_range(images, size), torch.from_numpy(labels.astype("int64"))

@@ -17,7 +17,9 @@ import typer
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params, parse_overrides
 from dcgan.errors import DcganError
 
-app = typer.Typer(help="DCGAN on MNIST: fetch, prepare, classifier, train, evaluate, export.", no_args_is_help=True)
+app = typer.Typer(
+    help="DCGAN on MNIST (or data.dataset): fetch, prepare, classifier, train, evaluate, export.", no_args_is_help=True
+)
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
 SetOption = Annotated[
@@ -43,8 +45,8 @@ def _report(call: Callable[[], Any]) -> None:
 
 @app.command()
 def fetch(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
-    """Materialize the MNIST IDX files in data/raw/mnist (local folder or download, digests checked), unless they
-    already match data/raw/mnist.dvc."""
+    """Materialize data.dataset's files in data/raw/<dataset> (local folder or download, checksums checked),
+    unless they already match data/raw/<dataset>.dvc."""
     from dcgan.versioning import fetch_versioned
 
     _run(fetch_versioned, params_file, overrides)
@@ -52,7 +54,7 @@ def fetch(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) 
 
 @app.command()
 def prepare(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
-    """IDX files -> [-1, 1] tensors in data/prepared."""
+    """data/raw/<dataset> -> uint8 tensors at data.image_size in data/prepared."""
     from dcgan.data import prepare
 
     _run(prepare, params_file, overrides)
@@ -60,7 +62,7 @@ def prepare(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None
 
 @app.command()
 def classifier(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None) -> None:
-    """Train the MNIST classifier the evaluation measures with."""
+    """Train the data set's classifier that the evaluation measures with."""
     from dcgan.classifier import train_classifier
 
     _run(train_classifier, params_file, overrides)
@@ -98,13 +100,13 @@ def export(params_file: ParamsOption = PARAMS_FILE, overrides: SetOption = None)
 @app.command()
 def generate(
     model: Annotated[str, typer.Option(help="An .onnx file, or models:/dcgan-generator@champion (via MLflow).")],
-    n: Annotated[int, typer.Option("-n", help="How many digits.")] = 64,
+    n: Annotated[int, typer.Option("-n", help="How many images.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the latents.")] = 0,
     out: Annotated[Path, typer.Option(help="The grid PNG.")] = Path("grid.png"),
-    individual: Annotated[Path | None, typer.Option(help="Also one PNG per digit in this folder.")] = None,
+    individual: Annotated[Path | None, typer.Option(help="Also one PNG per image in this folder.")] = None,
     truncation: Annotated[float | None, typer.Option(help="Resample latents beyond +-t.")] = None,
 ) -> None:
-    """Sample digits from the exported ONNX generator, with onnxruntime alone (no torch)."""
+    """Sample images from the exported ONNX generator, with onnxruntime alone (no torch)."""
     from dcgan.generate import generate_images
 
     _report(lambda: generate_images(model, n, seed, out, individual, truncation))

@@ -23,10 +23,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+DatasetName = Literal["mnist", "fashion-mnist", "kmnist", "cifar10", "folder"]  # dcgan/data/datasets.py
+
+
 class DataParams(_Section):
+    dataset: DatasetName = "mnist"
     image_size: int = 64
-    train_limit: int | None = Field(default=None, ge=1)
+    train_limit: int | None = Field(default=None, ge=1)  # training uses the first N prepared images
     source_dir: str | None = None
+    bad_images: Literal["skip", "refuse"] = "skip"  # files of a `folder` data set that cannot be used
 
     @field_validator("image_size")
     @classmethod
@@ -124,9 +129,9 @@ class Paths:
 
     root: Path = Path(".")
 
-    @property
-    def raw(self) -> Path:
-        return self.root / "data" / "raw" / "mnist"
+    def raw(self, dataset: str) -> Path:
+        """data/raw/<dataset>: the data set's files as published (or copied), versioned by data/raw/<dataset>.dvc."""
+        return self.root / "data" / "raw" / dataset
 
     @property
     def prepared(self) -> Path:

@@ -1,4 +1,4 @@
-"""Evaluation: how good are the generated digits, measured with our MNIST classifier.
+"""Evaluation: how good are the generated images, measured with the data set's own classifier.
 
 The generator is evaluated as it will be exported: eval mode, BatchNorm with its running statistics.
 
@@ -20,7 +20,7 @@ import torch
 from dcgan import metrics, tracking
 from dcgan.classifier import Classifier, embed, load_classifier
 from dcgan.config import EvaluateParams, Params, Paths
-from dcgan.data import load_prepared
+from dcgan.data import load_prepared, prepared_info
 from dcgan.files import atomic_path, read_json_number, write_json_atomic
 from dcgan.models import Generator, load_generator, recalibrate_batchnorm, sample
 from dcgan.pictures import sample_grid, save_png, tile
@@ -38,7 +38,8 @@ class EvaluateResult:
 def generator_as_exported(params: Params, paths: Paths) -> Generator:
     """The saved generator with its BatchNorm statistics re-estimated (export.bn_recalibration_batches): the
     network `export` writes to ONNX, in eval mode."""
-    generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
+    channels = prepared_info(paths, params.data).channels
+    generator = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size, channels)
     return as_exported(generator, params)
 
 
@@ -48,12 +49,12 @@ def as_exported(generator: Generator, params: Params) -> Generator:
 
 
 def generate(generator: Generator, n: int, seed: int) -> torch.Tensor:
-    """n samples of G in eval mode from seeded latents: N x 1 x S x S on the CPU."""
+    """n samples of G in eval mode from seeded latents: N x C x S x S on the CPU."""
     return sample(generator, torch.randn(n, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(seed)))
 
 
 def measure(classifier: Classifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The classifier's (features N x 128, class probabilities N x 10) of `images`, float64 arrays."""
+    """The classifier's (features N x 128, class probabilities N x classes) of `images`, float64 arrays."""
     features, probs = embed(classifier, images)
     return features.double().cpu().numpy(), probs.double().cpu().numpy()
 
@@ -85,7 +86,7 @@ class FidTracker:
 
     def __init__(self, params: Params, paths: Paths, device: torch.device):
         self.classifier = load_classifier(paths.models / "classifier.safetensors").to(device)
-        test_images, _ = load_prepared(paths, "test", params.data.image_size)
+        test_images, _ = load_prepared(paths, "test", params.data, device=device)
         self.reference = measure(self.classifier, test_images.to(device))[0]
         self.params = params
 
@@ -98,11 +99,11 @@ class FidTracker:
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     """Metrics of the generator and, beside them, of real training images: the reference ceiling."""
-    cfg, size = params.evaluate, params.data.image_size
+    cfg = params.evaluate
     generator = generator_as_exported(params, paths)
     classifier = load_classifier(paths.models / "classifier.safetensors")
-    test_images, _ = load_prepared(paths, "test", size)
-    train_images, _ = load_prepared(paths, "train", size, limit=cfg.n_samples)
+    test_images, _ = load_prepared(paths, "test", params.data)
+    train_images, _ = load_prepared(paths, "train", params.data, limit=cfg.n_samples)
     reference, reference_probs = measure(classifier, test_images)
 
     fake = generate(generator, cfg.n_samples, params.seed)
@@ -115,7 +116,8 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     )
     write_json_atomic(paths.reports / "metrics.json", results)
 
-    pictures = save_pictures(generator, fake, fake_probs, reference_probs, params, paths.reports)
+    classes = prepared_info(paths, params.data).classes
+    pictures = save_pictures(generator, fake, fake_probs, reference_probs, classes, params, paths.reports)
     with tracking.pipeline_run(paths):
         mlflow.log_metrics({f"eval_{name}": value for name, value in results.items()})
         mlflow.set_tag("eval.generator_mode", GENERATOR_MODE)
@@ -130,21 +132,23 @@ def save_pictures(
     fake: torch.Tensor,
     fake_probs: np.ndarray,
     real_probs: np.ndarray,
+    classes: list[str],
     params: Params,
     reports: Path,
 ) -> list[Path]:
-    """A sample grid, the samples sorted by predicted digit, a latent interpolation and the class histogram."""
+    """A sample grid, the samples sorted by predicted class (digits.png), a latent interpolation and the class
+    histogram."""
     samples = reports / "samples.png"
     z = torch.randn(64, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
     save_png(sample_grid(generator, z), samples)
 
-    # Row d: the ten samples the classifier most confidently calls digit d (blank where there are fewer).
+    # Row c: the ten samples the classifier most confidently calls class c (blank where there are fewer).
     confidence, predicted = torch.from_numpy(fake_probs).max(1)
-    rows = torch.full((10, 10, *fake.shape[1:]), -1.0)
-    for digit in range(10):
-        chosen = (predicted == digit).nonzero().flatten()
+    rows = torch.full((len(classes), 10, *fake.shape[1:]), -1.0)
+    for c in range(len(classes)):
+        chosen = (predicted == c).nonzero().flatten()
         best = chosen[confidence[chosen].argsort(descending=True)[:10]]
-        rows[digit, : len(best)] = fake[best]
+        rows[c, : len(best)] = fake[best]
     digits = reports / "digits.png"
     save_png(tile(rows.flatten(0, 1), nrow=10), digits)
 
@@ -156,22 +160,25 @@ def save_pictures(
     save_png(sample_grid(generator, line.flatten(0, 1), nrow=10), interpolation)
 
     histogram = reports / "class_histogram.png"
-    _bar_chart(metrics.class_coverage(fake_probs).histogram, metrics.class_coverage(real_probs).histogram, histogram)
+    generated, real = (metrics.class_coverage(p).histogram for p in (fake_probs, real_probs))
+    _bar_chart(generated, real, classes, histogram)
     return [samples, digits, interpolation, histogram]
 
 
-def _bar_chart(generated: list[float], real: list[float], path: Path) -> None:
+def _bar_chart(generated: list[float], real: list[float], classes: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    digits = np.arange(10)
-    ax.bar(digits - 0.2, generated, width=0.4, label="generated")
-    ax.bar(digits + 0.2, real, width=0.4, label="real (test set)")
-    ax.axhline(0.1, color="grey", linewidth=0.8, linestyle="--")
-    ax.set(xticks=digits, xlabel="predicted digit", ylabel="share of samples", title="Class histogram")
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(classes)), 3.5))
+    positions = np.arange(len(classes))
+    ax.bar(positions - 0.2, generated, width=0.4, label="generated")
+    ax.bar(positions + 0.2, real, width=0.4, label="real (test set)")
+    ax.axhline(1 / len(classes), color="grey", linewidth=0.8, linestyle="--")
+    ax.set(xticks=positions, xlabel="predicted class", ylabel="share of samples", title="Class histogram")
+    short = max(map(len, classes)) <= 2  # digits and kana fit under their bars; class names are tilted
+    ax.set_xticklabels(classes, rotation=0 if short else 45, ha="center" if short else "right")
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:

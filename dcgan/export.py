@@ -1,13 +1,15 @@
 """Export the generator to ONNX, check that ONNX Runtime computes what torch computes, register and promote it.
 
 models/generator.safetensors -> models/generator.onnx, reports/parity.json,
-                                a new version of `dcgan-generator` in the MLflow registry (alias `champion`
-                                when it passed parity and beats the champion's FID)
+                                a new version of the data set's registered model (`dcgan-generator` for MNIST,
+                                `dcgan-generator-<dataset>` for the others) in the MLflow registry (alias
+                                `champion` when it passed parity and beats that champion's FID)
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from dcgan import tracking
 from dcgan.config import Params, Paths
+from dcgan.data import prepared_info
 from dcgan.errors import ParityError
 from dcgan.evaluate import FidTracker, as_exported
 from dcgan.files import atomic_path, read_json_number, write_json_atomic
@@ -29,7 +32,7 @@ from dcgan.models import Generator, load_generator
 
 log = logging.getLogger(__name__)
 
-REGISTERED_MODEL = "dcgan-generator"
+REGISTERED_MODEL = "dcgan-generator"  # MNIST's; other data sets append their name
 CHAMPION = "champion"
 PARITY_BATCHES = (1, 7, 64)
 
@@ -39,14 +42,22 @@ class ExportResult:
     onnx_path: Path
     max_abs_error: float
     provider: str
-    model_uri: str  # models:/dcgan-generator/<version>
+    model_uri: str  # models:/<registered model>/<version>
     promotion: str  # whether it became the champion, and why
+
+
+def registered_model(dataset: str) -> str:
+    """The registry name of a data set's generator, so that one data set's champion never replaces another's."""
+    return REGISTERED_MODEL if dataset == "mnist" else f"{REGISTERED_MODEL}-{dataset}"
 
 
 def export(params: Params, paths: Paths) -> ExportResult:
     """Write models/generator.onnx (one file, dynamic batch) only if it passes the parity check, log it to the
-    pipeline's MLflow run, register it as a new version of `dcgan-generator`, and promote it if it is better."""
-    trained = load_generator(paths.models / "generator.safetensors", params.model, params.data.image_size)
+    pipeline's MLflow run, register it as a new version of the data set's model, and promote it if it is better."""
+    info = prepared_info(paths, params.data)
+    trained = load_generator(
+        paths.models / "generator.safetensors", params.model, params.data.image_size, info.channels
+    )
     fid = read_json_number(paths.reports / "metrics.json", "fid", "evaluate")
     with tracking.pipeline_run(paths) as run_id:
         # BatchNorm's running statistics from training against re-estimated ones, measured the same way.
@@ -66,10 +77,11 @@ def export(params: Params, paths: Paths) -> ExportResult:
             report["fp16"] = export_checked(generator, half_target, params, paths, run_id, half=True)
             mlflow.log_artifact(str(half_target), artifact_path="onnx")
         write_json_atomic(paths.reports / "parity.json", report)
-        version = register(onnx.load(target), params)
-        promotion = promote(version, fid)
+        name = registered_model(params.data.dataset)
+        version = register(onnx.load(target), name, params, info.channels)
+        promotion = promote(name, version, fid)
         mlflow.set_tag("registry.promotion", promotion)
-    model_uri = f"models:/{REGISTERED_MODEL}/{version}"
+    model_uri = f"models:/{name}/{version}"
     log.info("%s: parity max abs error %.3g on %s", target, report["max_abs_error"], report["provider"])
     log.info("registered %s; %s", model_uri, promotion)
     return ExportResult(target, report["max_abs_error"], report["provider"], model_uri, promotion)
@@ -119,11 +131,15 @@ def to_onnx(generator: Generator, path: Path, opset: int) -> None:
 
 def _set_metadata(path: Path, params: Params, paths: Paths, run_id: str) -> None:
     model = onnx.load(path)
+    info = prepared_info(paths, params.data)
     onnx.helper.set_model_props(
         model,
         {
+            "dataset": params.data.dataset,
+            "classes": json.dumps(info.classes),
             "z_dim": str(params.model.z_dim),
             "image_size": str(params.data.image_size),
+            "channels": str(info.channels),
             "value_range": "[-1, 1]",
             "mlflow_run_id": run_id,
             "data_dvc_md5": mlflow.get_run(run_id).data.tags["data.prepared.dvc_md5"],  # hashed once, by train
@@ -188,16 +204,16 @@ def parity(generator: Generator, path: Path, params: Params, half: bool = False)
     }
 
 
-def register(model: onnx.ModelProto, params: Params) -> str:
-    """Log the ONNX model to the active run and register it; returns the new version."""
+def register(model: onnx.ModelProto, name: str, params: Params, channels: int) -> str:
+    """Log the ONNX model to the active run and register it as a new version of `name`; returns the version."""
     from mlflow.models import infer_signature
 
     z = np.random.default_rng(params.seed).standard_normal((2, params.model.z_dim, 1, 1), dtype=np.float32)
-    images = np.zeros((2, 1, params.data.image_size, params.data.image_size), dtype=np.float32)
+    images = np.zeros((2, channels, params.data.image_size, params.data.image_size), dtype=np.float32)
     info = mlflow.onnx.log_model(
         model,
         name="generator",
-        registered_model_name=REGISTERED_MODEL,
+        registered_model_name=name,
         signature=infer_signature(z, images),
         input_example=z,
         # Never both onnxruntime and onnxruntime-gpu: they overwrite each other's files.
@@ -207,22 +223,22 @@ def register(model: onnx.ModelProto, params: Params) -> str:
     return str(info.registered_model_version)
 
 
-def promote(version: str, fid: float) -> str:
-    """Point the `champion` alias at `version` if its FID beats the current champion's (or there is none).
+def promote(name: str, version: str, fid: float) -> str:
+    """Point `name`'s `champion` alias at `version` if its FID beats the current champion's (or there is none).
 
     Only a version that passed parity gets here. Returns the decision and its reason, in words.
     """
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(REGISTERED_MODEL, version, "fid", repr(fid))
+    client.set_model_version_tag(name, version, "fid", repr(fid))
     try:
-        champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
     if champion is not None:
         champion_fid = float(champion.tags.get("fid", "inf"))
         if fid >= champion_fid:
             return f"not promoted: FID {fid:.4g} is not below champion version {champion.version}'s {champion_fid:.4g}"
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    client.set_registered_model_alias(name, CHAMPION, version)
     before = f"version {champion.version}" if champion else "none"
     return f"promoted to {CHAMPION}: FID {fid:.4g} (champion before: {before})"
 

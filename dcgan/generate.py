@@ -38,7 +38,8 @@ def generate_images(
     individual: Path | None = None,
     truncation: float | None = None,
 ) -> GenerateResult:
-    """Sample `n` digits from the ONNX generator at `model`; write a grid PNG (and one PNG each)."""
+    """Sample `n` images from the ONNX generator at `model`; write a grid PNG (and one PNG each), grey or RGB
+    as the model makes them."""
     if not 1 <= n <= MAX_SAMPLES:
         raise DcganError(f"-n {n}: expected between 1 and {MAX_SAMPLES} samples")
     if truncation is not None and truncation <= 0:
@@ -54,13 +55,15 @@ def generate_images(
     if truncation is not None:  # the truncation trick: resample latents beyond +-truncation
         while (outside := np.abs(z) > truncation).any():
             z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
-    (images,) = session.run(None, {z_input.name: z})  # N x 1 x S x S in [-1, 1]
-    pixels = np.round((np.clip(images[:, 0], -1, 1) + 1) * 127.5).astype(np.uint8)  # N x S x S
+    (images,) = session.run(None, {z_input.name: z})  # N x C x S x S in [-1, 1], C = 1 grey or 3 colour
+    pixels = np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)  # N x S x S x C
+    if pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]  # N x S x S: a grey PNG
 
     _save_png(_grid(pixels), out)
     if individual is not None:
-        for i, digit in enumerate(pixels):
-            _save_png(digit, individual / f"{i:05d}.png")
+        for i, image in enumerate(pixels):
+            _save_png(image, individual / f"{i:05d}.png")
     log.info("%s: %d samples (seed %d)", out, n, seed)
     return GenerateResult(out, n, individual)
 
@@ -93,14 +96,14 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession
 
 
 def _grid(pixels: np.ndarray, padding: int = 2) -> np.ndarray:
-    n, size = len(pixels), pixels.shape[-1]
+    n, size = len(pixels), pixels.shape[1]  # N x S x S (grey) or N x S x S x 3
     cols = min(n, 8) if n <= 64 else math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     step = size + padding
-    grid = np.zeros((rows * step + padding, cols * step + padding), dtype=np.uint8)
-    for i, digit in enumerate(pixels):
+    grid = np.zeros((rows * step + padding, cols * step + padding, *pixels.shape[3:]), dtype=np.uint8)
+    for i, image in enumerate(pixels):
         r, c = divmod(i, cols)
-        grid[padding + r * step : padding + r * step + size, padding + c * step : padding + c * step + size] = digit
+        grid[padding + r * step : padding + r * step + size, padding + c * step : padding + c * step + size] = image
     return grid
 
 

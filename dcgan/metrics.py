@@ -11,8 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-N_CLASSES = 10
-
 
 def fid(real: np.ndarray, fake: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (N x D each)."""
@@ -45,7 +43,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subset_size: int, subsets: int = 50,
 
 
 def inception_score(probs: np.ndarray) -> float:
-    """exp(E_x KL(p(y|x) || p(y))): 10 for confident predictions spread evenly over 10 classes, 1 at worst."""
+    """exp(E_x KL(p(y|x) || p(y))): K for confident predictions spread evenly over K classes, 1 at worst."""
     marginal = probs.mean(0, keepdims=True)
     kl = (probs * (np.log(probs + 1e-12) - np.log(marginal + 1e-12))).sum(1)
     return float(np.exp(kl.mean()))
@@ -63,21 +61,24 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 @dataclass(frozen=True)
 class Coverage:
-    """The histogram of predicted digits and what it says about mode collapse."""
+    """The histogram of predicted classes (digits, for MNIST) and what it says about mode collapse."""
 
-    histogram: list[float]  # share of samples predicted as each digit
-    digits_covered: int  # digits with at least `min_share` of the samples
-    class_kl: float  # KL(histogram || uniform): 0 when even, log 10 = 2.3 for a single digit
+    histogram: list[float]  # share of samples predicted as each class
+    digits_covered: int  # classes with at least `min_share` of the samples (the name is MNIST's)
+    class_kl: float  # KL(histogram || uniform): 0 when even, log K (2.3 for 10) for a single class
     confidence: float  # mean top-1 probability
 
 
-def class_coverage(probs: np.ndarray, min_share: float = 0.05) -> Coverage:
-    histogram = np.bincount(probs.argmax(1), minlength=N_CLASSES) / len(probs)
+def class_coverage(probs: np.ndarray, min_share: float | None = None) -> Coverage:
+    """`min_share` defaults to half an even share: 0.05 for ten classes."""
+    n_classes = probs.shape[1]
+    min_share = 0.5 / n_classes if min_share is None else min_share
+    histogram = np.bincount(probs.argmax(1), minlength=n_classes) / len(probs)
     nonzero = histogram[histogram > 0]
     return Coverage(
         histogram=histogram.tolist(),
         digits_covered=int((histogram >= min_share).sum()),
-        class_kl=float((nonzero * np.log(nonzero * N_CLASSES)).sum()),
+        class_kl=float((nonzero * np.log(nonzero * n_classes)).sum()),
         confidence=float(probs.max(1).mean()),
     )
 

@@ -16,7 +16,8 @@ At 64 x 64 with width 64 (the seed):
                    Conv 4/2/1 -> 512 x 4 x 4    BN LeakyReLU
                    Conv 4/1/0 ->   1 x 1 x 1    (a logit; the seed's Sigmoid moves into BCEWithLogitsLoss)
 
-Other power-of-two sizes add or drop middle layers, doubling the width at each.
+Other power-of-two sizes add or drop middle layers, doubling the width at each. Colour data sets (CIFAR-10, a
+folder of colour images) give both networks 3 image channels in place of 1; nothing else changes.
 """
 
 from __future__ import annotations
@@ -36,42 +37,42 @@ def _n_middle_layers(image_size: int) -> int:
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, width: int, image_size: int):
+    def __init__(self, z_dim: int, width: int, image_size: int, channels: int = 1):
         super().__init__()
         n_mid = _n_middle_layers(image_size)
-        channels = [width * 2**i for i in range(n_mid, -1, -1)]  # seed: 512, 256, 128, 64
+        widths = [width * 2**i for i in range(n_mid, -1, -1)]  # seed: 512, 256, 128, 64
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, channels[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(channels[0]),
+            nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
-        for c_in, c_out in zip(channels, channels[1:], strict=False):
+        for c_in, c_out in zip(widths, widths[1:], strict=False):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(channels[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         self.z_dim = z_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z)  # N x z_dim x 1 x 1 -> N x 1 x S x S in [-1, 1]
+        return self.main(z)  # N x z_dim x 1 x 1 -> N x C x S x S in [-1, 1]
 
 
 class Discriminator(nn.Module):
-    def __init__(self, width: int, image_size: int, leaky_slope: float):
+    def __init__(self, width: int, image_size: int, leaky_slope: float, channels: int = 1):
         super().__init__()
         n_mid = _n_middle_layers(image_size)
-        channels = [width * 2**i for i in range(n_mid + 1)]  # seed: 64, 128, 256, 512
-        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 4, 2, 1, bias=False), nn.LeakyReLU(leaky_slope, True)]
-        for c_in, c_out in zip(channels, channels[1:], strict=False):
+        widths = [width * 2**i for i in range(n_mid + 1)]  # seed: 64, 128, 256, 512
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(leaky_slope, True)]
+        for c_in, c_out in zip(widths, widths[1:], strict=False):
             layers += [
                 nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.LeakyReLU(leaky_slope, True),
             ]
-        layers += [nn.Conv2d(channels[-1], 1, 4, 1, 0, bias=False)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).view(-1)  # N x 1 x S x S -> N logits
+        return self.main(x).view(-1)  # N x C x S x S -> N logits
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
         """D(x) as the seed defines it: the probability that x is real."""
@@ -87,18 +88,19 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_models(model: ModelParams, image_size: int) -> tuple[Generator, Discriminator]:
-    """Both networks, freshly initialised from the global torch RNG (seed it first)."""
-    generator = Generator(model.z_dim, model.g_width, image_size)
-    discriminator = Discriminator(model.d_width, image_size, model.leaky_slope)
+def build_models(model: ModelParams, image_size: int, channels: int) -> tuple[Generator, Discriminator]:
+    """Both networks for images of `channels` (1 grey, 3 colour), freshly initialised from the global torch RNG
+    (seed it first)."""
+    generator = Generator(model.z_dim, model.g_width, image_size, channels)
+    discriminator = Discriminator(model.d_width, image_size, model.leaky_slope, channels)
     for net in (generator, discriminator):
         net.apply(lambda m: init_weights(m, model.init_std))
     return generator, discriminator
 
 
-def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator:
+def load_generator(path: Path, model: ModelParams, image_size: int, channels: int) -> Generator:
     """The generator saved by `train`, in eval mode; refuses weights of another architecture."""
-    generator = Generator(model.z_dim, model.g_width, image_size)
+    generator = Generator(model.z_dim, model.g_width, image_size, channels)
     load_weights(generator, path, "train")
     return generator.eval()
 
@@ -106,7 +108,7 @@ def load_generator(path: Path, model: ModelParams, image_size: int) -> Generator
 @torch.no_grad()
 def sample(generator: Generator, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """G(z) in eval mode (BatchNorm running statistics: the network as exported), in batches on the generator's
-    device; N x 1 x S x S float32 in [-1, 1] on the CPU. The generator's mode is restored."""
+    device; N x C x S x S float32 in [-1, 1] on the CPU. The generator's mode is restored."""
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()

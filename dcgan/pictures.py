@@ -1,4 +1,4 @@
-"""Pictures of generated digits: one grid, as a tensor for MLflow or a PNG for reports/."""
+"""Pictures of generated images: one grid, as a tensor for MLflow or a PNG for reports/."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def sample_grid(generator: Generator, z: torch.Tensor, nrow: int = 8) -> torch.T
 
 
 def tile(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """N x 1 x S x S in [-1, 1] -> one H x W x 3 image in [0, 1], `nrow` images a row."""
+    """N x C x S x S in [-1, 1] (C = 1 or 3) -> one H x W x 3 image in [0, 1], `nrow` images a row."""
     grid = make_grid(images, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))  # 3 x H x W
     return grid.permute(1, 2, 0)
 

@@ -31,7 +31,10 @@ from dcgan.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT = "dcgan-mnist"
+
+def experiment_name(dataset: str) -> str:
+    """One MLflow experiment per data set: dcgan-mnist, dcgan-fashion-mnist, dcgan-cifar10, ..."""
+    return f"dcgan-{dataset}"
 
 
 # Project stores this process pointed MLflow at. mlflow.set_tracking_uri exports its URI as
@@ -47,21 +50,28 @@ def tracking_uri(paths: Paths) -> str:
     return f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
 
 
-def use_experiment(paths: Paths) -> str:
-    """Point MLflow at this project's store and experiment; returns the experiment id."""
+def use_store(paths: Paths) -> str:
+    """Point MLflow at this project's store; returns its URI."""
     uri = tracking_uri(paths)
     if uri != os.environ.get("MLFLOW_TRACKING_URI"):
         _PROJECT_STORES.add(uri)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def use_experiment(paths: Paths, dataset: str) -> str:
+    """Point MLflow at this project's store and the data set's experiment; returns the experiment id."""
+    uri = use_store(paths)
+    name = experiment_name(dataset)
     with server_errors(uri):
-        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         # With a SQLite store, artifacts live in mlartifacts/ beside the database file; a server decides for itself.
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags={"dataset": dataset})
 
 
 @contextmanager
@@ -91,7 +101,8 @@ def training_run(
     for the later stages. If the body fails, the run ends FAILED (KILLED on Ctrl-C) with the reason in the tag
     `failure_reason`. Runs that a killed process left RUNNING are ended first (`end_abandoned_runs`).
     """
-    experiment_id = use_experiment(paths)
+    dataset = params.data.dataset
+    experiment_id = use_experiment(paths, dataset)
     with server_errors(tracking_uri(paths)):
         end_abandoned_runs(experiment_id, keep=resume_run_id)
         if resume_run_id and not _run_exists(resume_run_id):
@@ -102,20 +113,21 @@ def training_run(
         run_id = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, tags=source_tag).info.run_id
         try:
             _log_new_params(run_id, params.flat())
-            raw_hash, prepared_hash = dvc_hash(paths.raw), dvc_hash(paths.prepared)
+            raw_hash, prepared_hash = dvc_hash(paths.raw(dataset)), dvc_hash(paths.prepared)
             mlflow.set_tags(
                 {
                     "git_commit": git_commit(paths.root),
                     "host": socket.gethostname(),  # which process owns the run: see end_abandoned_runs
                     "pid": str(os.getpid()),
+                    "dataset": dataset,
                     "data.raw.dvc_md5": raw_hash,
                     "data.prepared.dvc_md5": prepared_hash,
                     **(tags or {}),
                 }
             )
             source = LocalArtifactDatasetSource(str(paths.prepared))
-            dataset = MetaDataset(source, name="mnist-prepared", digest=prepared_hash)  # type: ignore[abstract]
-            mlflow.log_input(dataset, context="training")
+            prepared = MetaDataset(source, name=f"{dataset}-prepared", digest=prepared_hash)  # type: ignore[abstract]
+            mlflow.log_input(prepared, context="training")
             write_json_atomic(paths.mlflow_run, {"run_id": run_id, "experiment_id": experiment_id})
             yield run_id
         except BaseException as err:
@@ -182,7 +194,7 @@ def pipeline_run(paths: Paths) -> Iterator[str]:
         run_id = json.loads(paths.mlflow_run.read_text())["run_id"]
     except (OSError, ValueError, KeyError) as err:
         raise DcganError(f"{paths.mlflow_run}: no MLflow run recorded ({err}): run `dcgan train` first") from None
-    use_experiment(paths)
+    use_store(paths)
     with server_errors(tracking_uri(paths)):
         if not _run_exists(run_id):
             raise DcganError(f"{paths.mlflow_run}: MLflow run {run_id} is not in {tracking_uri(paths)}")

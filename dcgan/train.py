@@ -94,11 +94,11 @@ class Nets:
     opt_d: torch.optim.Optimizer
 
 
-def build_nets(params: Params, device: torch.device, ranks: Ranks | None = None) -> Nets:
+def build_nets(params: Params, device: torch.device, channels: int, ranks: Ranks | None = None) -> Nets:
     cfg = params.train
     ranks = ranks or Ranks()
     torch.manual_seed(params.seed)
-    generator, discriminator = build_models(params.model, params.data.image_size)
+    generator, discriminator = build_models(params.model, params.data.image_size, channels)
     if ranks.distributed and cfg.sync_batchnorm:
         if device.type != "cuda":
             raise DcganError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU version)")
@@ -143,7 +143,7 @@ def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dty
     # (1) D: maximise log D(x) + log(1 - D(G(z))). Real and fake go through D separately, as in the
     # seed, so that each BatchNorm batch holds one kind of image.
     with autocast(real.device, dtype):
-        fake = nets.g_step(z)  # B x 1 x S x S
+        fake = nets.g_step(z)  # B x C x S x S
         logits_real = nets.d_step(real)  # B
         logits_fake = nets.d_step(fake.detach())  # B
         loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + F.binary_cross_entropy_with_logits(
@@ -192,8 +192,8 @@ def train(
         distributed.init(ranks, device)
         on_progress = on_progress or distributed.progress_reporter()
     dtype = resolve_precision(cfg.precision, device)
-    images, _ = load_prepared(paths, "train", params.data.image_size)
-    images = images.to(device)  # N x 1 x S x S, resident on the device: no DataLoader
+    # N x C x S x S, all resident on the device (no DataLoader): the first data.train_limit images
+    images, _ = load_prepared(paths, "train", params.data, limit=params.data.train_limit, device=device)
     steps_per_epoch = len(images) // cfg.batch_size  # the last partial batch is dropped (BatchNorm)
     total_steps = cfg.epochs * steps_per_epoch
     share = slice(ranks.rank, None, ranks.world_size)  # this process's part of every batch
@@ -202,7 +202,7 @@ def train(
         device, dtype or "fp32", total_steps, cfg.batch_size, ranks.world_size,
     )  # fmt: skip
 
-    nets = build_nets(params, device, ranks)
+    nets = build_nets(params, device, images.shape[1], ranks)
     generator, discriminator = nets.generator, nets.discriminator
     noise = torch.Generator(device).manual_seed(params.seed)  # the same stream in every process
     # The grid's latents come from their own RNG so that a resumed run shows the same digits.
@@ -280,7 +280,7 @@ def train(
                 epoch, i = divmod(step, steps_per_epoch)
                 if i == 0:
                     order = epoch_order(len(images), params.seed, epoch).to(device)
-                real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size][share]]  # B/world x 1 x S x S
+                real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size][share]]  # B/world x C x S x S
                 z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)[share]
                 pending.append(train_step(nets, real, z, dtype))
                 step += 1

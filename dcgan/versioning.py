@@ -17,14 +17,30 @@ log = logging.getLogger(__name__)
 
 
 def fetch_versioned(params: Params, paths: Paths) -> str:
-    """Fetch the raw files unless they already match data/raw/mnist.dvc; returns what happened, in words."""
+    """Fetch the raw files unless they already match data/raw/<dataset>.dvc; a data set fetched for the first
+    time is put under DVC (`dvc add`: commit the .dvc file it writes). Returns what happened, in words."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    with Repo(str(paths.root)) as repo:
-        if not repo.status(targets=[str(paths.raw.with_suffix(".dvc"))]):
-            outcome = f"up to date: {paths.raw} matches {paths.raw.with_suffix('.dvc').name}"
-        else:
+    raw = paths.raw(params.data.dataset)
+    dvc_file = raw.with_name(f"{raw.name}.dvc")
+    try:
+        repo = Repo(str(paths.root))
+    except NotDvcRepoError:
+        outcome = (
+            f"fetched from {fetch(params, paths).source} (not versioned: {paths.root.resolve()} is no DVC repository)"
+        )
+        log.info("fetch: %s", outcome)
+        return outcome
+    with repo:
+        if dvc_file.is_file() and not repo.status(targets=[str(dvc_file)]):
+            outcome = f"up to date: {raw} matches {dvc_file.name}"
+        elif dvc_file.is_file():
             outcome = f"fetched from {fetch(params, paths).source}"
+        else:
+            source = fetch(params, paths).source
+            repo.add(str(raw))
+            outcome = f"fetched from {source}; versioned by {dvc_file} (commit it with git)"
     log.info("fetch: %s", outcome)
     return outcome
 

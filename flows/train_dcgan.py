@@ -103,7 +103,8 @@ def export_model(params: Params) -> ExportResult:
 
 @flow(name="train-dcgan", log_prints=True)
 def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fetch and prepare MNIST, train the classifier and the DCGAN, evaluate, export to ONNX and register.
+    """Fetch and prepare the data set (MNIST unless data.dataset says otherwise), train the classifier and the
+    DCGAN, evaluate, export to ONNX and register.
 
     `overrides` maps dotted params.yaml keys to values, e.g. {"train.epochs": 1}.
     """

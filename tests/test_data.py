@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
 
-from dcgan.config import Paths, load_params
-from dcgan.data import MNIST_SHA256, fetch, load_prepared, parse_idx, prepare
+from dcgan.config import DataParams, Paths, load_params
+from dcgan.data import fetch, load_prepared, prepare
+from dcgan.data.idx import MNIST, parse_idx
 from dcgan.errors import DataError
 from dcgan.tensors import read_metadata
 
@@ -16,6 +19,7 @@ from .conftest import FIXTURE_DIR, FIXTURE_SHA256, write_params
 
 FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+MNIST_SHA256 = {f.name: f.digest for f in MNIST.files}
 
 
 def _source(tmp_path: Path, **edits: bytes) -> Path:
@@ -39,8 +43,8 @@ def _raw(name: str) -> bytes:
 
 def test_fetch_from_a_gzip_folder_writes_the_uncompressed_originals(project: Paths):
     for name in FIXTURE_SHA256:
-        assert (project.raw / name).read_bytes() == _raw(name)
-    assert sorted(p.name for p in project.raw.iterdir()) == sorted(FIXTURE_SHA256)  # no temp files left
+        assert (project.raw("mnist") / name).read_bytes() == _raw(name)
+    assert sorted(p.name for p in project.raw("mnist").iterdir()) == sorted(FIXTURE_SHA256)  # no temp files left
 
 
 def test_fetch_reads_the_environment_variable_and_keeps_good_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -48,10 +52,10 @@ def test_fetch_reads_the_environment_variable_and_keeps_good_files(tmp_path: Pat
     params = load_params(tmp_path / "params.yaml")
     monkeypatch.setenv("DCGAN_MNIST_DIR", str(_source(tmp_path)))
     fetch(params, Paths(tmp_path), FIXTURE_SHA256)
-    before = {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw.iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw("mnist").iterdir()}
     monkeypatch.setenv("DCGAN_MNIST_DIR", str(tmp_path / "gone"))  # present files need no source
     fetch(params, Paths(tmp_path), FIXTURE_SHA256)
-    assert {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw.iterdir()} == before
+    assert {p: p.stat().st_mtime_ns for p in Paths(tmp_path).raw("mnist").iterdir()} == before
 
 
 def test_fetch_refuses_a_wrong_digest_and_writes_nothing(tmp_path: Path):
@@ -60,6 +64,7 @@ def test_fetch_refuses_a_wrong_digest_and_writes_nothing(tmp_path: Path):
     message = str(err.value)
     name = "train-images-idx3-ubyte"
     assert name in message and MNIST_SHA256[name] in message and FIXTURE_SHA256[name] in message
+    assert "SHA-256 mismatch" in message
     assert not list((tmp_path / "project" / "data" / "raw" / "mnist").glob("*"))
 
 
@@ -116,7 +121,7 @@ def test_fetch_downloads_from_a_mirror(tmp_path: Path):
         finally:
             server.shutdown()
     for name in FIXTURE_SHA256:
-        assert (Paths(tmp_path).raw / name).read_bytes() == _raw(name)
+        assert (Paths(tmp_path).raw("mnist") / name).read_bytes() == _raw(name)
 
 
 def test_parse_idx_reads_the_shape():
@@ -126,20 +131,42 @@ def test_parse_idx_reads_the_shape():
 
 def test_prepare_makes_unit_range_tensors_with_labels(project: Paths, tiny):
     result = prepare(tiny, project)
-    assert result.counts == {"train": 256, "test": 256}  # train_limit applies to the training split only
-    images, labels = load_prepared(project, "train", 16)
-    assert images.dtype == torch.float32 and images.shape == (256, 1, 16, 16)
+    assert result.counts == {"train": 512, "test": 256}  # all of them: data.train_limit applies when training
+    assert (result.channels, result.classes) == (1, list("0123456789"))
+    images, labels = load_prepared(project, "train", tiny.data)
+    assert images.dtype == torch.float32 and images.shape == (512, 1, 16, 16)
     assert images.min() >= -1 and images.max() <= 1
     assert images.min() == -1 and images.max() > 0.9  # MNIST's background is black, strokes near white
-    assert labels.dtype == torch.int64 and labels[:10].tolist() == FIRST_TRAIN_LABELS
-    test_images, test_labels = load_prepared(project, "test", 16)
-    assert test_images.shape == (256, 1, 16, 16) and test_labels[:10].tolist() == FIRST_TEST_LABELS
+    assert labels is not None and labels.dtype == torch.int64 and labels[:10].tolist() == FIRST_TRAIN_LABELS
+    test_images, test_labels = load_prepared(project, "test", tiny.data)
+    assert test_images.shape == (256, 1, 16, 16) and test_labels is not None
+    assert test_labels[:10].tolist() == FIRST_TEST_LABELS
+    first, _ = load_prepared(project, "train", tiny.data, limit=256)
+    assert torch.equal(first, images[:256])
+
+
+def test_prepared_images_are_uint8_within_one_level_of_the_float_pipeline(project: Paths, tiny):
+    """A quarter of float32's bytes, and what training sees moves by at most 1/255 from the float32 pipeline's
+    values (bilinear antialiased resize of x / 255, scaled to [-1, 1]), which MNIST had before."""
+    prepare(tiny.model_copy(update={"data": tiny.data.model_copy(update={"image_size": 64})}), project)
+    with safe_open(project.prepared / "train.safetensors", framework="pt") as f:
+        assert f.get_slice("images").get_dtype() == "U8" and f.get_slice("labels").get_dtype() == "U8"
+    raw = parse_idx(_raw("train-images-idx3-ubyte"), "x", 3)
+    float_pipeline = F.interpolate(
+        torch.from_numpy(raw.copy()).unsqueeze(1).float().div(255), size=(64, 64), mode="bilinear", antialias=True
+    )
+    float_pipeline = float_pipeline.mul(2).sub(1).clamp(-1, 1)
+    loaded, _ = load_prepared(project, "train", DataParams(image_size=64))
+    assert (loaded - float_pipeline).abs().max() <= 1 / 255 + 1e-6
+    size = (project.prepared / "train.safetensors").stat().st_size
+    assert size <= float_pipeline.numel() * 4 / 4 + 4096  # uint8: a quarter of float32, plus labels and header
 
 
 def test_prepared_metadata_records_the_source(project: Paths, tiny):
     prepare(tiny, project)
     meta = read_metadata(project.prepared / "train.safetensors")
-    assert meta["image_size"] == 16 and meta["count"] == 256 and meta["value_range"] == [-1, 1]
+    assert meta["image_size"] == 16 and meta["count"] == 512 and meta["dataset"] == "mnist"
+    assert meta["channels"] == 1 and meta["classes"] == list("0123456789")
     assert meta["source_sha256"]["train-images-idx3-ubyte"] == FIXTURE_SHA256["train-images-idx3-ubyte"]
 
 
@@ -154,7 +181,9 @@ def test_prepare_is_byte_for_byte_reproducible(project: Paths, tiny):
 def test_prepared_data_of_another_size_is_refused(project: Paths, tiny):
     prepare(tiny, project)
     with pytest.raises(DataError, match="holds 16x16 images but data.image_size is 32"):
-        load_prepared(project, "train", 32)
+        load_prepared(project, "train", DataParams(image_size=32))
+    with pytest.raises(DataError, match="holds mnist but data.dataset is kmnist: run `dcgan prepare`"):
+        load_prepared(project, "train", DataParams(dataset="kmnist", image_size=16))
 
 
 def test_prepare_names_missing_raw_data(tmp_path: Path):

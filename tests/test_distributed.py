@@ -14,10 +14,12 @@ from dcgan.config import Paths
 from dcgan.data import prepare
 from dcgan.distributed import Ranks, check_identical
 from dcgan.errors import DcganError, ParamsError
-from dcgan.tracking import EXPERIMENT, tracking_uri
+from dcgan.tracking import experiment_name, tracking_uri
 from dcgan.train import METRICS, train
 
 from .conftest import write_params
+
+EXPERIMENT = experiment_name("mnist")
 
 
 def test_nproc_per_node_2_launches_torchrun_with_one_run_and_one_checkpoint(

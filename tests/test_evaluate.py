@@ -12,7 +12,8 @@ import torch
 from dcgan import metrics
 from dcgan.classifier import load_classifier, predict
 from dcgan.config import EvaluateParams
-from dcgan.data import parse_idx, to_unit_range
+from dcgan.data.idx import parse_idx
+from dcgan.data.prepare import resize_uint8, unit_range
 from dcgan.evaluate import measure, quality
 
 from .conftest import FIXTURE_DIR
@@ -33,9 +34,9 @@ def classifier():
 def real():
     """(train images 512, train labels, test images 256, test labels) at 64 x 64 in [-1, 1]."""
     return (
-        to_unit_range(_fixture("train-images-idx3-ubyte"), 64),
+        unit_range(resize_uint8(_fixture("train-images-idx3-ubyte")[:, None], 64)),
         torch.from_numpy(_fixture("train-labels-idx1-ubyte").astype("int64")),
-        to_unit_range(_fixture("t10k-images-idx3-ubyte"), 64),
+        unit_range(resize_uint8(_fixture("t10k-images-idx3-ubyte")[:, None], 64)),
         torch.from_numpy(_fixture("t10k-labels-idx1-ubyte").astype("int64")),
     )
 

@@ -52,14 +52,14 @@ def test_discriminator_is_the_seed():
 
 
 def test_no_pooling_and_no_linear_layers():
-    g, d = build_models(ModelParams(), 64)
+    g, d = build_models(ModelParams(), 64, 1)
     kinds = {type(m) for net in (g, d) for m in net.modules()}
     assert not kinds & {nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d}
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
 def test_shapes_at_every_supported_size(size: int):
-    g, d = build_models(ModelParams(z_dim=10, g_width=4, d_width=4), size)
+    g, d = build_models(ModelParams(z_dim=10, g_width=4, d_width=4), size, 1)
     images = g(torch.randn(3, 10, 1, 1))
     assert images.shape == (3, 1, size, size)
     assert images.abs().max() <= 1  # Tanh
@@ -71,7 +71,7 @@ def test_shapes_at_every_supported_size(size: int):
 
 def test_init_follows_the_paper():
     torch.manual_seed(0)
-    g, d = build_models(ModelParams(init_std=0.02), 64)
+    g, d = build_models(ModelParams(init_std=0.02), 64, 1)
     convs = [m.weight for net in (g, d) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     weights = torch.cat([w.flatten() for w in convs])
     assert abs(weights.mean().item()) < 1e-3 and weights.std().item() == pytest.approx(0.02, rel=0.02)
@@ -88,6 +88,6 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
     save_tensors(Generator(z_dim=10, width=4, image_size=16).state_dict(), tmp_path / "g.safetensors", {})
     with pytest.raises(CheckpointError, match=r"g.safetensors: does not fit this Generator \(other params\?\)"):
-        load_generator(tmp_path / "g.safetensors", ModelParams(z_dim=10, g_width=8), 16)
+        load_generator(tmp_path / "g.safetensors", ModelParams(z_dim=10, g_width=8), 16, 1)
     with pytest.raises(CheckpointError, match=r"missing.safetensors: missing: run `dcgan train` first"):
-        load_generator(tmp_path / "missing.safetensors", ModelParams(), 64)
+        load_generator(tmp_path / "missing.safetensors", ModelParams(), 64, 1)

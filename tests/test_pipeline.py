@@ -1,6 +1,8 @@
 """The DVC pipeline end to end: real `dvc repro` and `dvc exp run` in a temporary git repository."""
 
+import hashlib
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -8,9 +10,11 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from dcgan.config import Paths
+from dcgan.config import Paths, load_params
+from dcgan.data import fetch
+from dcgan.data.idx import FASHION_MNIST
 
-from .conftest import run_cmd, user_env
+from .conftest import FIXTURE_DIR, run_cmd, user_env
 
 
 def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
@@ -48,6 +52,49 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(repo: Path):
 
     second = run_cmd(repo, "dvc", "repro")
     assert "Data and pipelines are up to date." in second.stdout
+
+    # The prepared data is on disk once: each file a read-only link to its copy in the DVC cache.
+    for prepared in paths.prepared.iterdir():
+        stat = prepared.stat()
+        assert stat.st_nlink == 2 and not stat.st_mode & 0o222, prepared
+        assert any(c.stat().st_ino == stat.st_ino for c in (repo / ".dvc" / "cache").rglob("*") if c.is_file())
+
+
+def test_switching_the_data_set_reruns_every_stage_into_its_own_experiment_and_model(repo: Path, tmp_path: Path):
+    run_cmd(repo, "dvc", "repro")
+    folder = tmp_path / "published"
+    folder.mkdir()
+    for name in (f.name for f in FASHION_MNIST.files):
+        shutil.copy(FIXTURE_DIR / name, folder / name)  # MNIST's bytes in Fashion-MNIST's published files
+    digests = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    fetch(
+        load_params(repo / "params.yaml", {"data.dataset": "fashion-mnist", "data.source_dir": str(folder)}),
+        Paths(repo),
+        digests,
+    )
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["dataset"] = "fashion-mnist"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    status = run_cmd(repo, "dvc", "status", "--json").stdout
+    assert set(json.loads(status)) == {"prepare"}  # what reads data.dataset; the rest follows its output
+    out = run_cmd(repo, "dvc", "repro").stdout
+    assert [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")] == [
+        "prepare",
+        "classifier",
+        "train",
+        "evaluate",
+        "export",
+    ]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["prepare"]["deps"][0]["path"] == "data/raw/fashion-mnist"
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    fashion_champion = client.get_model_version_by_alias("dcgan-generator-fashion-mnist", "champion")
+    mnist_champion = client.get_model_version_by_alias("dcgan-generator", "champion")
+    assert str(fashion_champion.version) == str(mnist_champion.version) == "1"  # neither replaced the other
+    experiment_id = client.get_run(fashion_champion.run_id).info.experiment_id
+    assert client.get_experiment(experiment_id).name == "dcgan-fashion-mnist"
+    assert "Data and pipelines are up to date." in run_cmd(repo, "dvc", "repro").stdout
 
 
 def test_dvc_exp_run_with_a_param_override(repo: Path):

@@ -14,8 +14,10 @@ from dcgan.config import Paths, load_params
 from dcgan.data import prepare
 from dcgan.errors import CheckpointError, TrainingDiverged
 from dcgan.tensors import read_metadata
-from dcgan.tracking import EXPERIMENT, dvc_hash, tracking_uri
+from dcgan.tracking import dvc_hash, experiment_name, tracking_uri
 from dcgan.train import METRICS, Nets, build_nets, train, train_step
+
+EXPERIMENT = experiment_name("mnist")
 
 STEPS_PER_EPOCH = 256 // 32
 
@@ -59,7 +61,7 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
         history = client.get_metric_history(result.run_id, key)
         assert sorted(m.step for m in history) == list(range(1, result.steps + 1))  # every step, once
     assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.z_dim"] == "8"
-    assert run.data.tags["data.raw.dvc_md5"] == dvc_hash(prepared.raw)
+    assert run.data.tags["data.raw.dvc_md5"] == dvc_hash(prepared.raw("mnist"))
     assert run.data.tags["data.prepared.dvc_md5"] == dvc_hash(prepared.prepared)
     assert run.data.tags["git_commit"]
     (dataset,) = run.inputs.dataset_inputs
@@ -253,7 +255,7 @@ def _seed_step(nets: Nets, real: torch.Tensor, z: torch.Tensor) -> None:
 
 
 def test_the_training_step_trains_exactly_as_the_seeds_step(tiny):
-    ours, seeds = build_nets(tiny, torch.device("cpu")), build_nets(tiny, torch.device("cpu"))
+    ours, seeds = build_nets(tiny, torch.device("cpu"), 1), build_nets(tiny, torch.device("cpu"), 1)
     torch.manual_seed(1)
     size = tiny.data.image_size
     for _ in range(3):
