@@ -96,6 +96,10 @@ def test_switching_the_data_set_reruns_every_stage_into_its_own_experiment_and_m
     assert client.get_experiment(experiment_id).name == "dcgan-fashion-mnist"
     assert "Data and pipelines are up to date." in run_cmd(repo, "dvc", "repro").stdout
 
+    params["data"]["train_limit"] = 128  # read when training loads the data: no new prepared copy
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(json.loads(run_cmd(repo, "dvc", "status", "--json").stdout)) == {"train"}
+
 
 def test_dvc_exp_run_with_a_param_override(repo: Path):
     run_cmd(repo, "dvc", "exp", "run", "-S", "train.epochs=1")
