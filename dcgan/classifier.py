@@ -6,6 +6,11 @@ mean the same thing for every one. It sees images exactly as the generator makes
 [-1, 1]) and resizes them to the data set's own size (28 x 28 for the IDX sets, 32 x 32 for CIFAR-10 and
 folders) itself, so real and generated images take the same path.
 
+A folder of images without class subfolders has no labels to learn: there the same network learns to tell
+which way up an image is (0, 90, 180 or 270 degrees: the self-supervised task of Gidaris, Singh and Komodakis,
+ICLR 2018), and its features measure FID, KID and precision/recall; the Inception Score and class coverage,
+which need classes, do not exist for such data.
+
     data/prepared -> models/classifier.safetensors, reports/classifier.json (test accuracy)
 """
 
@@ -23,13 +28,13 @@ from tqdm import tqdm
 from dcgan.config import Params, Paths
 from dcgan.data import load_prepared, prepared_info
 from dcgan.data.datasets import DATASETS
-from dcgan.errors import DataError
 from dcgan.files import write_json_atomic
 from dcgan.tensors import load_weights, read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
 
 N_FEATURES = 128
+ROTATIONS = ["0°", "90°", "180°", "270°"]  # the classes of the rotation task, for data without labels
 
 
 class Classifier(nn.Module):
@@ -40,9 +45,10 @@ class Classifier(nn.Module):
 
     num_features = N_FEATURES
 
-    def __init__(self, channels: int = 1, n_classes: int = 10, size: int = 28) -> None:
+    def __init__(self, channels: int = 1, n_classes: int = 10, size: int = 28, task: str = "labels") -> None:
         super().__init__()
         self.size = size
+        self.task = task  # "labels", or "rotation" for data without labels
         self.conv = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),  # 32 x S/2 x S/2
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),  # 64 x S/4 x S/4
@@ -68,21 +74,25 @@ class ClassifierResult:
 
 
 def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
-    """Train on all prepared training images (data.train_limit does not apply), report the test accuracy."""
+    """Train on all prepared training images (data.train_limit does not apply), report the test accuracy: of the
+    labels, or for data without labels of the rotation task."""
     cfg, data = params.classifier, params.data
     info = prepared_info(paths, data)
-    if not info.classes:
-        raise DataError(
-            f"{paths.raw(data.dataset)}: no class subfolders, so no classifier: FID, KID, IS, precision/recall and "
-            "class coverage all measure with one trained on the labels. Put the images in one folder per class"
-        )
     train_x, train_y = load_prepared(paths, "train", data)
     test_x, test_y = load_prepared(paths, "test", data)
-    assert train_y is not None and test_y is not None
+    task, classes = "labels", info.classes
+    if train_y is None or test_y is None:
+        task, classes = "rotation", ROTATIONS
+        (train_x, train_y), (test_x, test_y) = rotated(train_x), rotated(test_x)
+        log.warning(
+            "%s: no labels (no class subfolders): the classifier learns which way up each image is; FID, KID and "
+            "precision/recall measure with its features, the Inception Score and class coverage do not exist",
+            paths.raw(data.dataset),
+        )
 
     torch.manual_seed(params.seed)
     size = DATASETS[data.dataset].classifier_size
-    model = Classifier(info.channels, len(info.classes), size)
+    model = Classifier(info.channels, len(classes), size, task)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * ((len(train_x) + cfg.batch_size - 1) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
@@ -101,8 +111,8 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
     accuracy = (predict(model, test_x).argmax(1) == test_y).float().mean().item()
 
     target = paths.models / "classifier.safetensors"
-    shape = {"channels": info.channels, "n_classes": len(info.classes), "size": size}
-    metadata = {"dataset": data.dataset, "image_size": data.image_size, "classes": info.classes, **shape}
+    shape = {"channels": info.channels, "n_classes": len(classes), "size": size, "task": task}
+    metadata = {"dataset": data.dataset, "image_size": data.image_size, "classes": classes, **shape}
     save_tensors(model.state_dict(), target, {**metadata, "test_accuracy": accuracy})
     write_json_atomic(paths.reports / "classifier.json", {"classifier_accuracy": accuracy})
     log.info("%s: test accuracy %.4f", target, accuracy)
@@ -112,9 +122,17 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
 def load_classifier(path: Path) -> Classifier:
     """The classifier `train_classifier` saved, built for the channels, classes and size it recorded."""
     meta = read_metadata(path) if path.is_file() else {}  # a missing file: load_weights says which stage
-    model = Classifier(meta.get("channels", 1), meta.get("n_classes", 10), meta.get("size", 28))
+    model = Classifier(
+        meta.get("channels", 1), meta.get("n_classes", 10), meta.get("size", 28), meta.get("task", "labels")
+    )
     load_weights(model, path, "classifier")
     return model.eval()
+
+
+def rotated(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image at 0, 90, 180 and 270 degrees (4N x C x S x S), labelled by its rotation (4N)."""
+    turns = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(len(ROTATIONS))])
+    return turns, torch.arange(len(ROTATIONS)).repeat_interleave(len(images))
 
 
 @torch.no_grad()

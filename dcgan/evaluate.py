@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dcgan import metrics, tracking
-from dcgan.classifier import Classifier, embed, load_classifier
+from dcgan.classifier import ROTATIONS, Classifier, embed, load_classifier
 from dcgan.config import EvaluateParams, Params, Paths
 from dcgan.data import load_prepared, prepared_info
 from dcgan.files import atomic_path, read_json_number, write_json_atomic
@@ -60,21 +60,34 @@ def measure(classifier: Classifier, images: torch.Tensor) -> tuple[np.ndarray, n
 
 
 def quality(
-    features: np.ndarray, probs: np.ndarray, reference: np.ndarray, cfg: EvaluateParams, seed: int
+    features: np.ndarray,
+    probs: np.ndarray,
+    reference: np.ndarray,
+    cfg: EvaluateParams,
+    seed: int,
+    labelled: bool = True,
 ) -> dict[str, float]:
-    """All metrics of one sample set (its classifier features and probabilities) against the reference features."""
+    """All metrics of one sample set (its classifier features and probabilities) against the reference features.
+
+    Without labels (`labelled` false: the classifier predicts rotations) there are no classes, so no Inception
+    Score and no class coverage: only the feature metrics.
+    """
     precision, recall = metrics.precision_recall(reference, features)
-    coverage = metrics.class_coverage(probs)
-    return {
+    results = {
         "fid": metrics.fid(reference, features),
         "kid": metrics.kid(reference, features, cfg.kid_subset_size, seed=seed),
-        "inception_score": metrics.inception_score(probs),
         "precision": precision,
         "recall": recall,
-        "digits_covered": coverage.digits_covered,
-        "class_kl": coverage.class_kl,
-        "confidence": coverage.confidence,
     }
+    if labelled:
+        coverage = metrics.class_coverage(probs)
+        results |= {
+            "inception_score": metrics.inception_score(probs),
+            "digits_covered": coverage.digits_covered,
+            "class_kl": coverage.class_kl,
+            "confidence": coverage.confidence,
+        }
+    return results
 
 
 class FidTracker:
@@ -87,7 +100,7 @@ class FidTracker:
     def __init__(self, params: Params, paths: Paths, device: torch.device):
         self.classifier = load_classifier(paths.models / "classifier.safetensors").to(device)
         test_images, _ = load_prepared(paths, "test", params.data, device=device)
-        self.reference = measure(self.classifier, test_images.to(device))[0]
+        self.reference = measure(self.classifier, test_images)[0]
         self.params = params
 
     def __call__(self, generator: Generator, as_is: bool = False) -> float:
@@ -106,18 +119,20 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     train_images, _ = load_prepared(paths, "train", params.data, limit=cfg.n_samples)
     reference, reference_probs = measure(classifier, test_images)
 
+    labelled = classifier.task == "labels"
     fake = generate(generator, cfg.n_samples, params.seed)
     fake_features, fake_probs = measure(classifier, fake)
-    results = quality(fake_features, fake_probs, reference, cfg, params.seed)
-    real = quality(*measure(classifier, train_images), reference, cfg, params.seed)
+    results = quality(fake_features, fake_probs, reference, cfg, params.seed, labelled)
+    real = quality(*measure(classifier, train_images), reference, cfg, params.seed, labelled)
     results.update({f"real_{name}": value for name, value in real.items()})
     results["classifier_accuracy"] = read_json_number(
         paths.reports / "classifier.json", "classifier_accuracy", "classifier"
     )
     write_json_atomic(paths.reports / "metrics.json", results)
 
-    classes = prepared_info(paths, params.data).classes
-    pictures = save_pictures(generator, fake, fake_probs, reference_probs, classes, params, paths.reports)
+    classes = prepared_info(paths, params.data).classes or ROTATIONS
+    distance = None if labelled else nearest_real_distance(fake_features, reference)
+    pictures = save_pictures(generator, fake, fake_probs, reference_probs, classes, params, paths.reports, distance)
     with tracking.pipeline_run(paths):
         mlflow.log_metrics({f"eval_{name}": value for name, value in results.items()})
         mlflow.set_tag("eval.generator_mode", GENERATOR_MODE)
@@ -125,6 +140,12 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
             mlflow.log_artifact(str(picture), artifact_path="evaluation")
     log.info("%s (generator in %s): %s", paths.reports / "metrics.json", GENERATOR_MODE, results)
     return EvaluateResult(results)
+
+
+def nearest_real_distance(fake: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Each sample's feature distance to the nearest real image's: how real it looks, without classes."""
+    fake_t, real_t = torch.from_numpy(fake), torch.from_numpy(real)
+    return torch.cat([torch.cdist(part, real_t).min(1).values for part in fake_t.split(2048)]).numpy()
 
 
 def save_pictures(
@@ -135,20 +156,30 @@ def save_pictures(
     classes: list[str],
     params: Params,
     reports: Path,
+    real_distance: np.ndarray | None = None,
 ) -> list[Path]:
-    """A sample grid, the samples sorted by predicted class (digits.png), a latent interpolation and the class
-    histogram."""
+    """A sample grid, the samples by class (digits.png), a latent interpolation and the class histogram.
+
+    Without labels (`real_distance` given: each sample's feature distance to the nearest real image) digits.png
+    holds the 100 samples nearest to real images, best first, and the histogram is of the rotations the
+    classifier sees in generated and real images (real ones are upright: 0°).
+    """
     samples = reports / "samples.png"
     z = torch.randn(64, generator.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
     save_png(sample_grid(generator, z), samples)
 
-    # Row c: the ten samples the classifier most confidently calls class c (blank where there are fewer).
-    confidence, predicted = torch.from_numpy(fake_probs).max(1)
-    rows = torch.full((len(classes), 10, *fake.shape[1:]), -1.0)
-    for c in range(len(classes)):
-        chosen = (predicted == c).nonzero().flatten()
-        best = chosen[confidence[chosen].argsort(descending=True)[:10]]
-        rows[c, : len(best)] = fake[best]
+    if real_distance is not None:  # no classes: the 100 samples nearest to real images, ten a row
+        best = torch.from_numpy(real_distance).argsort()[:100]
+        rows = torch.full((100, *fake.shape[1:]), -1.0)
+        rows[: len(best)] = fake[best]
+        rows = rows.view(10, 10, *fake.shape[1:])
+    else:  # row c: the ten samples the classifier most confidently calls class c (blank where there are fewer)
+        confidence, predicted = torch.from_numpy(fake_probs).max(1)
+        rows = torch.full((len(classes), 10, *fake.shape[1:]), -1.0)
+        for c in range(len(classes)):
+            chosen = (predicted == c).nonzero().flatten()
+            best = chosen[confidence[chosen].argsort(descending=True)[:10]]
+            rows[c, : len(best)] = fake[best]
     digits = reports / "digits.png"
     save_png(tile(rows.flatten(0, 1), nrow=10), digits)
 

@@ -230,19 +230,33 @@ def test_folder_refuses_bad_files_when_asked_and_keeps_earlier_outputs(tmp_path:
     assert {p.name: p.read_bytes() for p in paths.prepared.iterdir()} == before
 
 
-def test_an_unlabelled_folder_prepares_but_says_no_classifier_metrics(tmp_path: Path):
-    source = image_folder(tmp_path / "mine", labelled=False)
-    for colour in source.glob("*.[jJP]*"):  # grey only: a one-channel data set
-        if colour.suffix.lower() == ".jpg" or "strip" in colour.name:
-            colour.unlink()
-    params = write_params(tmp_path / "project", **{"data.dataset": "folder", "data.source_dir": str(source)})
+def test_an_unlabelled_folder_is_measured_with_rotation_features_and_says_which_metrics_exist(tmp_path: Path):
+    """No class subfolders: the classifier learns which way up each image is; FID, KID and precision/recall exist,
+    the Inception Score and class coverage do not; the generator is still evaluated, exported and registered."""
+    source = tmp_path / "mine"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):  # grey images with a bright top half: which way up they are can be learnt
+        pixels = rng.integers(0, 80, (24, 24), dtype=np.uint8)
+        pixels[:12] += 150
+        Image.fromarray(pixels, "L").save(source / f"{i:02d}.png")
+    settings = {"data.dataset": "folder", "data.source_dir": str(source), "data.train_limit": None}
+    params = write_params(tmp_path / "project", **settings, **{"train.batch_size": 8, "classifier.epochs": 5})
     paths = Paths(tmp_path / "project")
     fetch(params, paths)
     result = prepare(params, paths)
-    assert result.channels == 1 and result.classes == [] and sum(result.counts.values()) == 4
+    assert result.channels == 1 and result.classes == [] and result.counts == {"train": 36, "test": 4}
     assert load_prepared(paths, "train", params.data)[1] is None
-    with pytest.raises(DataError, match="no class subfolders, so no classifier: FID, KID, IS"):
-        train_classifier(params, paths)
+
+    assert train_classifier(params, paths).test_accuracy > 0.5  # of the rotation task: 0.25 is chance
+    assert read_metadata(paths.models / "classifier.safetensors")["task"] == "rotation"
+    train(params, paths)
+    metrics = evaluate(params, paths).metrics
+    feature_metrics = {"fid", "kid", "precision", "recall"}
+    assert set(metrics) == {*feature_metrics, *(f"real_{m}" for m in feature_metrics), "classifier_accuracy"}
+    for picture in ("samples", "digits", "interpolation", "class_histogram"):
+        assert (paths.reports / f"{picture}.png").is_file()
+    assert export(params, paths).model_uri == "models:/dcgan-generator-folder/1"
 
 
 def test_folder_needs_a_source_dir(tmp_path: Path):
