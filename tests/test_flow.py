@@ -1,9 +1,12 @@
 """The `train-dcgan` flow under Prefect's test harness: tiny params, a temporary project, the real stages."""
 
+import dataclasses
+import hashlib
 import json
 
 import mlflow
 import pytest
+import yaml
 
 from .conftest import FIXTURE_DIR, run_cmd
 
@@ -40,6 +43,29 @@ def test_flow_runs_the_pipeline_once_per_mlflow_run(repo, prefect_home, monkeypa
     assert again["prepare"] == again["classifier"] == "up to date: DVC found nothing changed since dvc.lock"
     assert again["mlflow_run_id"] != summary["mlflow_run_id"]
     assert json.loads((repo / "reports" / "parity.json").read_text())["passed"]
+
+
+def test_the_flow_on_another_data_set_versions_its_files_and_registers_its_own_model(
+    repo, prefect_home, monkeypatch: pytest.MonkeyPatch
+):
+    """`make run OVERRIDES="data.dataset=kmnist ..."`: fetched for the first time, the files are put under DVC."""
+    from dcgan.data.datasets import DATASETS
+    from dcgan.data.idx import KMNIST
+    from dcgan.data.published import with_digests
+    from flows.train_dcgan import train_dcgan
+
+    gz = {f.name: hashlib.md5((FIXTURE_DIR / f.name).read_bytes()).hexdigest() for f in KMNIST.files}
+    monkeypatch.setitem(DATASETS, "kmnist", dataclasses.replace(KMNIST, files=tuple(with_digests(KMNIST.files, gz))))
+    monkeypatch.chdir(repo)
+    summary = train_dcgan(overrides={"data.dataset": "kmnist", "data.source_dir": str(FIXTURE_DIR), "train.epochs": 1})
+
+    assert (
+        summary["fetch"] == f"fetched from folder {FIXTURE_DIR}; versioned by data/raw/kmnist.dvc (commit it with git)"
+    )
+    assert yaml.safe_load((repo / "data" / "raw" / "kmnist.dvc").read_text())["outs"][0]["path"] == "kmnist"
+    assert summary["model_uri"] == "models:/dcgan-generator-kmnist/1"
+    again = train_dcgan(overrides={"data.dataset": "kmnist", "train.epochs": 1})  # no source needed any more
+    assert again["fetch"] == "up to date: data/raw/kmnist matches kmnist.dvc"
 
 
 def test_bad_params_fail_the_flow_before_any_task(repo, prefect_home, monkeypatch: pytest.MonkeyPatch):
