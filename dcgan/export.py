@@ -22,7 +22,7 @@ import onnx
 import torch
 from mlflow.exceptions import MlflowException
 
-from dcgan import tracking
+from dcgan import model_card, tracking
 from dcgan.config import Params, Paths
 from dcgan.data import prepared_info
 from dcgan.errors import ParityError
@@ -81,6 +81,7 @@ def export(params: Params, paths: Paths) -> ExportResult:
         version = register(onnx.load(target), name, params, info.channels)
         promotion = promote(name, version, fid)
         mlflow.set_tag("registry.promotion", promotion)
+        write_cards(name, version, params, paths, run_id, report)
     model_uri = f"models:/{name}/{version}"
     log.info("%s: parity max abs error %.3g on %s", target, report["max_abs_error"], report["provider"])
     log.info("registered %s; %s", model_uri, promotion)
@@ -205,22 +206,45 @@ def parity(generator: Generator, path: Path, params: Params, half: bool = False)
 
 
 def register(model: onnx.ModelProto, name: str, params: Params, channels: int) -> str:
-    """Log the ONNX model to the active run and register it as a new version of `name`; returns the version."""
-    from mlflow.models import infer_signature
+    """Log the ONNX model to the active run and register it as a new version of `name`; returns the version.
 
+    Its signature names the tensors as the ONNX graph does (`z` in, `images` out), so MLflow's model server takes
+    `{"inputs": {"z": ...}}` (or one unnamed tensor) and refuses another shape or dtype with a 400 that says
+    which was expected.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    size, float32 = params.data.image_size, np.dtype(np.float32)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(float32, (-1, params.model.z_dim, 1, 1), "z")]),
+        outputs=Schema([TensorSpec(float32, (-1, channels, size, size), "images")]),
+    )
     z = np.random.default_rng(params.seed).standard_normal((2, params.model.z_dim, 1, 1), dtype=np.float32)
-    images = np.zeros((2, channels, params.data.image_size, params.data.image_size), dtype=np.float32)
     info = mlflow.onnx.log_model(
         model,
         name="generator",
         registered_model_name=name,
-        signature=infer_signature(z, images),
-        input_example=z,
+        signature=signature,
+        input_example={"z": z},
         # Never both onnxruntime and onnxruntime-gpu: they overwrite each other's files.
         pip_requirements=[f"onnxruntime-gpu=={_version('onnxruntime-gpu')}", f"onnx=={onnx.__version__}", "numpy"],
         save_as_external_data=False,
     )
     return str(info.registered_model_version)
+
+
+def write_cards(name: str, version: str, params: Params, paths: Paths, run_id: str, parity: dict[str, Any]) -> None:
+    """The model card on the registered model and on the new version: what the MLflow UI shows for them."""
+    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    info = prepared_info(paths, params.data)
+    tags = mlflow.get_run(run_id).data.tags
+    client = mlflow.MlflowClient()
+    client.update_registered_model(name, description=model_card.model_card(name, params, info.channels, info.classes))
+    card = model_card.version_card(
+        params, metrics, parity, run_id, tracking.git_commit(paths.root), tags["data.prepared.dvc_md5"]
+    )
+    client.update_model_version(name, version, description=card)
 
 
 def promote(name: str, version: str, fid: float) -> str:
