@@ -32,6 +32,11 @@ from dcgan.files import write_json_atomic
 log = logging.getLogger(__name__)
 
 
+# The MLflow UI (3.x) picks an experiment's view from this tag; untagged, ours opened in the GenAI view (traces,
+# prompts). "custom_model_development" is its model-training view: runs, metrics, charts.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_name(dataset: str) -> str:
     """One MLflow experiment per data set: dcgan-mnist, dcgan-fashion-mnist, dcgan-cifar10, ..."""
     return f"dcgan-{dataset}"
@@ -66,12 +71,15 @@ def use_experiment(paths: Paths, dataset: str) -> str:
     with server_errors(uri):
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # one made before the tag was set
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return experiment.experiment_id
         # With a SQLite store, artifacts live in mlartifacts/ beside the database file; a server decides for itself.
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        return mlflow.create_experiment(name, artifact_location=location, tags={"dataset": dataset})
+        tags = {"dataset": dataset, EXPERIMENT_KIND: MODEL_TRAINING}
+        return mlflow.create_experiment(name, artifact_location=location, tags=tags)
 
 
 @contextmanager

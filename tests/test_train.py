@@ -56,7 +56,8 @@ def test_training_logs_metrics_images_and_data_hashes(prepared: Paths, tiny):
     client = _client(prepared)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == EXPERIMENT and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for key in METRICS:
         history = client.get_metric_history(result.run_id, key)
         assert sorted(m.step for m in history) == list(range(1, result.steps + 1))  # every step, once
@@ -303,3 +304,14 @@ def test_two_projects_in_one_process_log_to_their_own_stores(tmp_path: Path, pre
         for r in _client(other).search_runs([_client(other).get_experiment_by_name(EXPERIMENT).experiment_id])
     ] == [second.run_id]
     assert first.run_id != second.run_id
+
+
+def test_an_experiment_made_before_the_view_tag_gets_it(tmp_path: Path):
+    """The MLflow UI opens an untagged experiment in its GenAI view; ours is tagged for the model-training view."""
+    from dcgan.tracking import use_experiment
+
+    paths = Paths(tmp_path)
+    client = _client(paths)
+    old = client.create_experiment(EXPERIMENT)
+    assert use_experiment(paths, "mnist") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
