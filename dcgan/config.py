@@ -63,6 +63,8 @@ class TrainParams(_Section):
     sync_batchnorm: bool = False  # with DDP: BatchNorm statistics over the global batch, not each rank's share
     checkpoint_every: int = Field(default=200, ge=1)
     log_every: int = Field(default=10, ge=1)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)  # an average of G's weights (dcgan/ema.py); null = off
+    ema_warmup: int = Field(default=0, ge=0)  # steps over which the average's horizon ramps up
 
     @field_validator("betas")
     @classmethod
@@ -110,6 +112,11 @@ class Params(_Section):
             raise ValueError(
                 f"data.train_limit ({limit}) is smaller than train.batch_size ({self.train.batch_size}): "
                 "training would have no full batch"
+            )
+        if self.train.ema_decay is not None and self.export.bn_recalibration_batches == 0:
+            raise ValueError(
+                "train.ema_decay needs export.bn_recalibration_batches > 0: the averaged weights need BatchNorm "
+                "statistics of their own, not those the live generator gathered"
             )
         if self.train.batch_size % self.train.nproc_per_node:
             raise ValueError(

@@ -34,6 +34,7 @@ from dcgan.checkpoint import checkpoint_path, load_checkpoint, resume_mismatch, 
 from dcgan.config import Params, Paths
 from dcgan.data import epoch_order, load_prepared
 from dcgan.distributed import ProgressHook, Ranks
+from dcgan.ema import Ema
 from dcgan.errors import CheckpointError, DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
 from dcgan.files import remove_leftovers, write_bytes_atomic, write_json_atomic
@@ -204,6 +205,9 @@ def train(
 
     nets = build_nets(params, device, images.shape[1], ranks)
     generator, discriminator = nets.generator, nets.discriminator
+    # With train.ema_decay, the average of G's weights is what is measured, kept and saved.
+    ema = Ema(generator, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay is not None and ranks.is_main else None
+    kept = ema.module if ema else generator
     noise = torch.Generator(device).manual_seed(params.seed)  # the same stream in every process
     # The grid's latents come from their own RNG so that a resumed run shows the same digits.
     fixed_z = torch.randn(GRID_SIZE, params.model.z_dim, 1, 1, generator=torch.Generator().manual_seed(params.seed))
@@ -236,6 +240,8 @@ def train(
                 nets.opt_g.load_state_dict(state["opt_g"])
                 nets.opt_d.load_state_dict(state["opt_d"])
                 noise.set_state(state["noise_rng"])
+                if ema:
+                    ema.module.load_state_dict(state["ema"])
             except (RuntimeError, ValueError, KeyError) as err:
                 raise CheckpointError(
                     f"{last}: does not fit this model ({str(err).splitlines()[0]}): move it away"
@@ -254,6 +260,7 @@ def train(
                 "discriminator": discriminator.state_dict(),
                 "opt_g": nets.opt_g.state_dict(),
                 "opt_d": nets.opt_d.state_dict(),
+                "ema": ema.module.state_dict() if ema else None,
                 "noise_rng": noise.get_state(),
                 "step": step,
                 "history": history[:step].clone(),
@@ -284,6 +291,8 @@ def train(
                 z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)[share]
                 pending.append(train_step(nets, real, z, dtype))
                 step += 1
+                if ema:
+                    ema.update(generator, step)
                 bar.update()
 
                 end_of_epoch = step % steps_per_epoch == 0
@@ -308,11 +317,11 @@ def train(
                     and end_of_epoch
                     and ((epoch + 1) % params.evaluate.every_epochs == 0 or step == total_steps)
                 ):
-                    fid = fid_tracker(generator)
+                    fid = fid_tracker(kept)
                     fids.append((step, fid))
                     mlflow.log_metric("fid_quick", fid, step=step)
                     if best is None or fid < best["fid"]:
-                        best = {"step": step, "fid": fid, "generator": _cpu_copy(generator)}
+                        best = {"step": step, "fid": fid, "generator": _cpu_copy(kept)}
                     log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
                 if checkpoint_due:
                     if ranks.is_main:
@@ -323,7 +332,7 @@ def train(
         distributed.check_identical([generator, discriminator], ranks)
         trained = step - first_step
         images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
-        chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(generator)}
+        chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(kept)}
         final = dict(zip(METRICS, history[-1].tolist(), strict=True))
         result = TrainResult(run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"])
         if ranks.is_main:

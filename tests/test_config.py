@@ -33,6 +33,8 @@ def test_params_yaml_is_the_seed_configuration():
         ({"train.betas": [0.5]}, "train.betas.1", "Field required"),
         ({"train.betas": [0.5, 1.5]}, "train.betas", "[0, 1)"),
         ({"train.device": "tpu"}, "train.device", "'auto', 'cpu' or 'cuda'"),
+        ({"train.ema_decay": 1.0}, "train.ema_decay", "less than 1"),
+        ({"data.dataset": "imagenet"}, "data.dataset", "'mnist', 'fashion-mnist', 'kmnist', 'cifar10' or 'folder'"),
         ({"train.learning_rate": 0.1}, "train.learning_rate", "unknown key"),
         ({"modle.z_dim": 10}, "modle", "unknown key"),
     ],
@@ -47,6 +49,11 @@ def test_bad_params_name_the_key(tmp_path: Path, override: dict, key: str, words
 def test_limit_below_one_batch_is_refused(tmp_path: Path):
     with pytest.raises(ParamsError, match=r"train_limit \(16\) is smaller than train.batch_size \(32\)"):
         load_params(_written(tmp_path), {"data.train_limit": 16})
+
+
+def test_ema_without_its_own_batchnorm_statistics_is_refused(tmp_path: Path):
+    with pytest.raises(ParamsError, match="train.ema_decay needs export.bn_recalibration_batches > 0"):
+        load_params(_written(tmp_path), {"train.ema_decay": 0.999, "export.bn_recalibration_batches": 0})
 
 
 def test_missing_and_malformed_files(tmp_path: Path):

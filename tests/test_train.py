@@ -102,7 +102,9 @@ def test_same_seed_same_weights(tmp_path: Path, prepared: Paths, tiny):
         assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]), precision
 
 
-def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, tiny):
+@pytest.mark.parametrize("ema", [None, {"ema_decay": 0.9, "ema_warmup": 3}], ids=["plain", "ema"])
+def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, tiny, ema):
+    tiny = tiny.model_copy(update={"train": tiny.train.model_copy(update=ema or {})})
     uninterrupted = train(tiny, prepared)
     expected = _weights(prepared)
 
@@ -315,3 +317,32 @@ def test_an_experiment_made_before_the_view_tag_gets_it(tmp_path: Path):
     old = client.create_experiment(EXPERIMENT)
     assert use_experiment(paths, "mnist") == old
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_with_ema_the_average_of_the_generator_is_measured_and_saved(prepared: Paths, tiny):
+    """train.ema_decay: the saved generator is the average of G's weights, not the last G, and it is what the quick
+    FID chose from; the checkpoint carries both."""
+    ema = tiny.train.model_copy(update={"ema_decay": 0.8, "ema_warmup": 4})
+    params = tiny.model_copy(update={"train": ema, "evaluate": tiny.evaluate.model_copy(update={"every_epochs": 0})})
+    train(params, prepared)
+    state = load_checkpoint(checkpoint_path(params, prepared))
+    saved = load_file(prepared.models / "generator.safetensors")
+    assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
+    weights = [k for k in saved if k.endswith(".weight")]
+    assert not all(torch.equal(saved[k], state["generator"][k]) for k in weights)
+
+
+def test_the_ema_horizon_ramps_up_over_the_warmup():
+    from dcgan.ema import Ema
+
+    live = torch.nn.Linear(1, 1, bias=False)
+    ema = Ema(live, decay=0.99, warmup=100)
+    assert ema.decay_at(1) == pytest.approx(0.99**100) and ema.decay_at(50) == pytest.approx(0.99**2)
+    assert ema.decay_at(100) == ema.decay_at(10_000) == 0.99
+    start = ema.module.weight.item()  # the live weights at the start
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+    ema.update(live, 1)
+    assert ema.module.weight.item() == pytest.approx(0.99**100 * start + (1 - 0.99**100) * 1.0)
+    ema.update(live, 200)
+    assert ema.module.weight.item() == pytest.approx(0.99 * (0.99**100 * start + (1 - 0.99**100)) + 0.01)
