@@ -22,7 +22,13 @@ from dcgan.files import atomic_path
 
 # Settings that change nothing about the weights at a given step: a checkpoint stays valid when they change.
 # (More epochs continue a run; the epoch order is a function of the seed and the epoch alone.)
-RESUMABLE_KEYS = {"train.epochs", "train.checkpoint_every", "train.log_every"}
+RESUMABLE_KEYS = {
+    "train.epochs",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.health_window",
+    "train.stop_unhealthy",
+}
 TRAINING_SECTIONS = ("seed", "data.", "model.", "train.")
 
 

@@ -65,6 +65,8 @@ class TrainParams(_Section):
     log_every: int = Field(default=10, ge=1)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # an average of G's weights (dcgan/ema.py); null = off
     ema_warmup: int = Field(default=0, ge=0)  # steps over which the average's horizon ramps up
+    health_window: int = Field(default=50, ge=0)  # steps the training-health monitor looks back (dcgan/health.py)
+    stop_unhealthy: bool = False  # stop at the end of the epoch in which the monitor found a failure
 
     @field_validator("betas")
     @classmethod

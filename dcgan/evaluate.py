@@ -104,10 +104,16 @@ class FidTracker:
         self.params = params
 
     def __call__(self, generator: Generator, as_is: bool = False) -> float:
+        return self.quick(generator, as_is)[0]
+
+    def quick(self, generator: Generator, as_is: bool = False) -> tuple[float, metrics.Coverage | None]:
+        """The quick FID and the class coverage of the same samples (None for data without labels)."""
         device = next(self.classifier.parameters()).device
         measured = generator if as_is else as_exported(copy.deepcopy(generator), self.params)
         fake = generate(measured, self.params.evaluate.quick_samples, self.params.seed).to(device)
-        return metrics.fid(self.reference, measure(self.classifier, fake)[0])
+        features, probs = measure(self.classifier, fake)
+        coverage = metrics.class_coverage(probs) if self.classifier.task == "labels" else None
+        return metrics.fid(self.reference, features), coverage
 
 
 def evaluate(params: Params, paths: Paths) -> EvaluateResult:

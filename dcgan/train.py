@@ -38,6 +38,7 @@ from dcgan.ema import Ema
 from dcgan.errors import CheckpointError, DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
 from dcgan.files import remove_leftovers, write_bytes_atomic, write_json_atomic
+from dcgan.health import Finding, discriminator_winning, mode_collapse
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
 from dcgan.tensors import save_tensors
@@ -57,6 +58,7 @@ class TrainResult:
     images_per_second: float
     best_step: int  # the step of the saved generator: the best by quick FID, else the last
     best_fid: float | None  # its quick FID (None when evaluate.every_epochs is 0)
+    health: str | None  # the failure the training-health monitor found, in words; None when it found none
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -217,6 +219,7 @@ def train(
     fid_tracker = FidTracker(params, paths, device) if params.evaluate.every_epochs and ranks.is_main else None
     fids: list[tuple[int, float]] = []  # (step, quick FID)
     best: dict[str, Any] | None = None  # {"step", "fid", "generator": state dict on the CPU}
+    health: Finding | None = None  # the first failure the training-health monitor found
 
     step, run_id = 0, None
     last = checkpoint_path(params, paths)
@@ -304,6 +307,8 @@ def train(
                     pending.clear()
                     check_finite(values, first, last, checkpointed)
                     history[first:step] = values
+                    if health is None and (found := discriminator_winning(history, step, cfg.health_window)):
+                        health = report_unhealthy(found, ranks)
                     rows = [(first + 1 + k, dict(zip(METRICS, v, strict=True))) for k, v in enumerate(values.tolist())]
                     if ranks.is_main:
                         tracking.log_step_metrics(run_id, rows)
@@ -317,9 +322,11 @@ def train(
                     and end_of_epoch
                     and ((epoch + 1) % params.evaluate.every_epochs == 0 or step == total_steps)
                 ):
-                    fid = fid_tracker(kept)
+                    fid, coverage = fid_tracker.quick(kept)
                     fids.append((step, fid))
                     mlflow.log_metric("fid_quick", fid, step=step)
+                    if health is None and coverage and (found := mode_collapse(coverage, step)):
+                        health = report_unhealthy(found, ranks)
                     if best is None or fid < best["fid"]:
                         best = {"step": step, "fid": fid, "generator": _cpu_copy(kept)}
                     log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
@@ -327,14 +334,24 @@ def train(
                     if ranks.is_main:
                         checkpoint()
                     checkpointed = step
+                # Every rank stops with rank 0, which alone runs the quick evaluation.
+                if cfg.stop_unhealthy and end_of_epoch and distributed.share(str(health or ""), ranks):
+                    log.warning(
+                        "step %d: stopping early (train.stop_unhealthy), keeping the best generator so far", step
+                    )
+                    break
 
         distributed.broadcast_buffers([generator, discriminator], ranks)
         distributed.check_identical([generator, discriminator], ranks)
         trained = step - first_step
         images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
         chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(kept)}
+        history = history[:step]  # less than the schedule when stopped early
         final = dict(zip(METRICS, history[-1].tolist(), strict=True))
-        result = TrainResult(run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"])
+        finding = str(health) if health else None
+        result = TrainResult(
+            run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"], finding
+        )
         if ranks.is_main:
             if trained:
                 mlflow.log_metric("images_per_second", images_per_second, step=step)
@@ -347,12 +364,25 @@ def train(
             write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
             if chosen["fid"] is not None:
                 mlflow.log_metrics({"best_fid_quick": chosen["fid"], "best_step": chosen["step"]})
+            if health is None:
+                mlflow.set_tag("health", "healthy")
+                mlflow.log_metric("unhealthy", 0, step=step)
             for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
                 mlflow.log_artifact(str(path), artifact_path="weights")
             write_json_atomic(paths.reports / "train.json", dataclasses.asdict(result))
     if ranks.distributed:
         torch.distributed.destroy_process_group()
     return result
+
+
+def report_unhealthy(finding: Finding, ranks: Ranks) -> Finding:
+    """Say so while the run goes: a warning, and on the MLflow run the tags `health` (the kind, to filter on) and
+    `health.evidence`, and the metric `unhealthy` = 1 at the step."""
+    if ranks.is_main:
+        log.warning("training looks unhealthy: %s", finding)
+        mlflow.set_tags({"health": finding.kind, "health.evidence": str(finding)})
+        mlflow.log_metric("unhealthy", 1, step=finding.step)
+    return finding
 
 
 def check_finite(values: torch.Tensor, first: int, checkpoint: Path, checkpointed: int) -> None:

@@ -130,6 +130,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "parity_max_abs_error": exported.max_abs_error,
         "parity_provider": exported.provider,
         "promotion": exported.promotion,
+        "health": trained.health or "healthy: the monitor found neither D winning nor mode collapse",
     }
     create_markdown_artifact(_summary_markdown(params, summary), key="train-dcgan-summary")
     create_link_artifact(
@@ -144,7 +145,7 @@ def _summary_markdown(params: Params, summary: dict[str, Any]) -> str:
     return f"""# train-dcgan
 
 MLflow run `{summary["mlflow_run_id"]}`, registered model `{summary["model_uri"]}`.
-{summary["steps"]} training steps (resumed from step {summary["resumed_from"]}).
+{summary["steps"]} training steps (resumed from step {summary["resumed_from"]}). Training health: {summary["health"]}.
 Raw data: {summary["fetch"]}. Prepared data: {summary["prepare"]}. Classifier: {summary["classifier"]}.
 
 ONNX parity: max abs error {summary["parity_max_abs_error"]:.3g} on {summary["parity_provider"]} (passed).
