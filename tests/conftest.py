@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -120,6 +124,23 @@ def repo(tmp_path: Path) -> Path:
     run_cmd(repo, "git", "add", "-A")
     run_cmd(repo, "git", "commit", "-qm", "pipeline")
     return repo
+
+
+@contextmanager
+def mirror(folder: Path) -> Iterator[str]:
+    """A real HTTP server on loopback serving `folder`, as a publisher's download site; yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/"
+        finally:
+            server.shutdown()
 
 
 # Real servers and long-running commands, started in their own session and stopped with their children.

@@ -1,7 +1,5 @@
 import gzip
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from dcgan.data.idx import MNIST, parse_idx
 from dcgan.errors import DataError
 from dcgan.tensors import read_metadata
 
-from .conftest import FIXTURE_DIR, FIXTURE_SHA256, write_params
+from .conftest import FIXTURE_DIR, FIXTURE_SHA256, mirror, write_params
 
 FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
@@ -101,25 +99,10 @@ def test_fetch_refuses_a_corrupt_gzip(tmp_path: Path):
 
 def test_fetch_downloads_from_a_mirror(tmp_path: Path):
     """The download path, against a real HTTP server on loopback serving the fixture's .gz files."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = lambda *a, **k: Quiet(*a, directory=str(FIXTURE_DIR), **k)  # noqa: E731
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            write_params(tmp_path)
-            dead_mirror = "http://127.0.0.1:9/"  # nothing listens on the discard port: the next mirror is tried
-            fetch(
-                load_params(tmp_path / "params.yaml"),
-                Paths(tmp_path),
-                FIXTURE_SHA256,
-                mirrors=[dead_mirror, f"http://127.0.0.1:{server.server_address[1]}/"],
-            )
-        finally:
-            server.shutdown()
+    with mirror(FIXTURE_DIR) as url:
+        write_params(tmp_path)
+        dead_mirror = "http://127.0.0.1:9/"  # nothing listens on the discard port: the next mirror is tried
+        fetch(load_params(tmp_path / "params.yaml"), Paths(tmp_path), FIXTURE_SHA256, mirrors=[dead_mirror, url])
     for name in FIXTURE_SHA256:
         assert (Paths(tmp_path).raw("mnist") / name).read_bytes() == _raw(name)
 

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 
 import mlflow
@@ -31,7 +29,7 @@ from dcgan.tensors import read_metadata
 from dcgan.tracking import experiment_name, tracking_uri
 from dcgan.train import train
 
-from .conftest import FIXTURE_DIR, write_params
+from .conftest import FIXTURE_DIR, mirror, write_params
 
 GZ_FILES = [f.name for f in FASHION_MNIST.files]  # train-images-idx3-ubyte.gz, ...
 
@@ -118,20 +116,9 @@ def test_idx_data_sets_refuse_a_wrong_md5_and_write_nothing(tmp_path: Path):
 
 def test_idx_data_sets_download_from_a_mirror(tmp_path: Path):
     folder, digests = idx_gz_folder(tmp_path)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = lambda *a, **k: Quiet(*a, directory=str(folder), **k)  # noqa: E731
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            params = write_params(tmp_path / "project", **{"data.dataset": "kmnist"})
-            mirror = f"http://127.0.0.1:{server.server_address[1]}/"
-            result = fetch(params, Paths(tmp_path / "project"), digests, mirrors=["http://127.0.0.1:9/", mirror])
-        finally:
-            server.shutdown()
+    with mirror(folder) as url:
+        params = write_params(tmp_path / "project", **{"data.dataset": "kmnist"})
+        result = fetch(params, Paths(tmp_path / "project"), digests, mirrors=["http://127.0.0.1:9/", url])
     assert result.source == "download"
     for name in GZ_FILES:
         assert (Paths(tmp_path / "project").raw("kmnist") / name).read_bytes() == (folder / name).read_bytes()
