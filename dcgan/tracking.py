@@ -32,8 +32,9 @@ from dcgan.files import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-# The MLflow UI (3.x) picks an experiment's view from this tag; untagged, ours opened in the GenAI view (traces,
-# prompts). "custom_model_development" is its model-training view: runs, metrics, charts.
+# MLflow's mark of what an experiment is for: "custom_model_development" is model training, not GenAI. (The 3.17
+# UI's own GenAI / Model training switch, or ?workflowType=machine_learning in its URL, decides the view it opens:
+# the tag alone did not, checked in headless Chromium.)
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
