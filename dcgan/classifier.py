@@ -40,15 +40,19 @@ ROTATIONS = ["0°", "90°", "180°", "270°"]  # the classes of the rotation tas
 class Classifier(nn.Module):
     """A small CNN: two conv blocks, a 128-wide penultimate layer (the features), one logit per class.
 
-    MNIST's (the defaults): 1 channel, 10 classes, images measured at 28 x 28.
+    MNIST's (the defaults): 1 channel, the ten digits, images measured at 28 x 28.
     """
 
     num_features = N_FEATURES
 
-    def __init__(self, channels: int = 1, n_classes: int = 10, size: int = 28, task: str = "labels") -> None:
+    def __init__(
+        self, channels: int = 1, classes: list[str] | None = None, size: int = 28, task: str = "labels"
+    ) -> None:
         super().__init__()
+        self.classes = classes or list("0123456789")  # the names of its outputs: the data set's, or ROTATIONS
         self.size = size
         self.task = task  # "labels", or "rotation" for data without labels
+        n_classes = len(self.classes)
         self.conv = nn.Sequential(
             nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(True), nn.MaxPool2d(2),  # 32 x S/2 x S/2
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True), nn.MaxPool2d(2),  # 64 x S/4 x S/4
@@ -92,7 +96,7 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
 
     torch.manual_seed(params.seed)
     size = DATASETS[data.dataset].classifier_size
-    model = Classifier(info.channels, len(classes), size, task)
+    model = Classifier(info.channels, classes, size, task)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * ((len(train_x) + cfg.batch_size - 1) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
@@ -111,8 +115,8 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
     accuracy = (predict(model, test_x).argmax(1) == test_y).float().mean().item()
 
     target = paths.models / "classifier.safetensors"
-    shape = {"channels": info.channels, "n_classes": len(classes), "size": size, "task": task}
-    metadata = {"dataset": data.dataset, "image_size": data.image_size, "classes": classes, **shape}
+    shape = {"channels": info.channels, "classes": classes, "size": size, "task": task}
+    metadata = {"dataset": data.dataset, "image_size": data.image_size, **shape}
     save_tensors(model.state_dict(), target, {**metadata, "test_accuracy": accuracy})
     write_json_atomic(paths.reports / "classifier.json", {"classifier_accuracy": accuracy})
     log.info("%s: test accuracy %.4f", target, accuracy)
@@ -122,9 +126,7 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
 def load_classifier(path: Path) -> Classifier:
     """The classifier `train_classifier` saved, built for the channels, classes and size it recorded."""
     meta = read_metadata(path) if path.is_file() else {}  # a missing file: load_weights says which stage
-    model = Classifier(
-        meta.get("channels", 1), meta.get("n_classes", 10), meta.get("size", 28), meta.get("task", "labels")
-    )
+    model = Classifier(meta.get("channels", 1), meta.get("classes"), meta.get("size", 28), meta.get("task", "labels"))
     load_weights(model, path, "classifier")
     return model.eval()
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dcgan import metrics, tracking
-from dcgan.classifier import ROTATIONS, Classifier, embed, load_classifier
+from dcgan.classifier import Classifier, embed, load_classifier
 from dcgan.config import EvaluateParams, Params, Paths
 from dcgan.data import load_prepared, prepared_info
 from dcgan.files import atomic_path, read_json_number, write_json_atomic
@@ -136,9 +136,10 @@ def evaluate(params: Params, paths: Paths) -> EvaluateResult:
     )
     write_json_atomic(paths.reports / "metrics.json", results)
 
-    classes = prepared_info(paths, params.data).classes or ROTATIONS
     distance = None if labelled else nearest_real_distance(fake_features, reference)
-    pictures = save_pictures(generator, fake, fake_probs, reference_probs, classes, params, paths.reports, distance)
+    pictures = save_pictures(
+        generator, fake, fake_probs, reference_probs, classifier.classes, params, paths.reports, distance
+    )
     with tracking.pipeline_run(paths):
         mlflow.log_metrics({f"eval_{name}": value for name, value in results.items()})
         mlflow.set_tag("eval.generator_mode", GENERATOR_MODE)

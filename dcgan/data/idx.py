@@ -89,8 +89,21 @@ class IdxSource:
         return Images(images[:, None], labels.astype(np.int64), self.classes, {"source_sha256": provenance})
 
 
-def _gz_files(digests: dict[str, str]) -> tuple[PublishedFile, ...]:
-    return tuple(PublishedFile(name, md5, algorithm="md5") for name, md5 in digests.items())
+def _published_gz(name: str, md5s: tuple[str, str, str, str], mirror: str, classes: tuple[str, ...]) -> IdxSource:
+    """An MNIST-format data set whose four files are kept as the .gz files published, checked by their MD5
+    (train images, train labels, test images, test labels)."""
+    names = [
+        f"{prefix}-{kind}-idx{ndim}-ubyte.gz"
+        for prefix in ("train", "t10k")
+        for kind, ndim in (("images", 3), ("labels", 1))
+    ]
+    return IdxSource(
+        name=name,
+        files=tuple(PublishedFile(file, md5, algorithm="md5") for file, md5 in zip(names, md5s, strict=True)),
+        mirrors=(mirror,),
+        classes=classes,
+        offline_hint="offline, point data.source_dir at a folder of the four .gz files as published",
+    )
 
 
 MNIST = IdxSource(
@@ -111,33 +124,27 @@ MNIST = IdxSource(
 )
 
 # MD5 of the .gz files as Zalando Research publishes them (github.com/zalandoresearch/fashion-mnist).
-FASHION_MNIST = IdxSource(
-    name="fashion-mnist",
-    files=_gz_files(
-        {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        }
+FASHION_MNIST = _published_gz(
+    "fashion-mnist",
+    (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bef4ecab320f06d8554ea6380940ec79",
+        "bb300cfdad3c16e7a12a480ee83cd310",
     ),
-    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    offline_hint="offline, point data.source_dir at a folder of the four .gz files as published",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
 )
 
 # MD5 of the .gz files as ROIS-DS CODH publishes them (github.com/rois-codh/kmnist).
-KMNIST = IdxSource(
-    name="kmnist",
-    files=_gz_files(
-        {
-            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-        }
+KMNIST = _published_gz(
+    "kmnist",
+    (
+        "bdb82020997e1d708af4cf47b453dcf7",
+        "e144d726b3acfaa3e44228e80efcd344",
+        "5c965bf0a639b31b8f53240b1b52f4d7",
+        "7320c461ea6c1c855c0b718fb2a4b134",
     ),
-    mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-    classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-    offline_hint="offline, point data.source_dir at a folder of the four .gz files as published",
+    "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
 )
