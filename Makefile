@@ -13,8 +13,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PREFECT_PORT ?= 4200
 # e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
+# `make web`: the model the page explores, and where it is served.
+WEB_MODEL ?= models:/dcgan-generator@champion
+WEB_PORT ?= 8000
 
-.PHONY: setup lock run repro prefect-server serve test lint audit clean
+.PHONY: setup lock run repro prefect-server serve web system-deps test lint audit clean
 
 # The exact versions in requirements.lock, so every machine and every `dvc repro` runs the same stack.
 setup: $(VENV)/.installed
@@ -56,7 +59,18 @@ prefect-server: setup
 serve: setup
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
 
-test: lint
+# The champion in the browser: build the page (onnxruntime-web, no server-side inference), serve it on 127.0.0.1.
+web: setup
+	dcgan web build --model $(WEB_MODEL)
+	dcgan web serve --port $(WEB_PORT)
+
+# Debian packages the tests need: chromium, which Playwright drives for the web page's tests.
+system-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "the tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+
+test: lint system-deps
 	$(BIN)/python -m pytest
 
 lint: setup

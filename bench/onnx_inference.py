@@ -46,7 +46,7 @@ def main() -> None:
     generator = build_models(ModelParams(), 64, 1)[0].eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generator.onnx"
-        to_onnx(generator, path, opset=20)
+        to_onnx(generator, torch.randn(2, 100, 1, 1), path, 20, ("z", "images"))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     result: dict[str, object] = {"benchmark": "onnx_inference", "batch": args.batch}

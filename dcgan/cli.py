@@ -110,3 +110,47 @@ def generate(
     from dcgan.generate import generate_images
 
     _report(lambda: generate_images(model, n, seed, out, individual, truncation))
+
+
+web = typer.Typer(help="The generator in the browser: a static page on onnxruntime-web, no server-side inference.")
+app.add_typer(web, name="web")
+
+
+@web.command("build")
+def web_build(
+    model: Annotated[str, typer.Option(help="models:/NAME@ALIAS or /VERSION (via MLflow), or an .onnx file.")] = (
+        "models:/dcgan-generator@champion"
+    ),
+    out: Annotated[Path, typer.Option(help="The folder to build (replaced whole once the new one is ready).")] = Path(
+        "web"
+    ),
+) -> None:
+    """The page, the pinned onnxruntime-web files, the generator, its classifier and a model card, in one folder."""
+    from dcgan.web.build import build_site
+
+    _report(lambda: build_site(model, out, Paths()))
+
+
+@web.command("serve")
+def web_serve(
+    folder: Annotated[Path, typer.Option("--dir", help="The built folder.")] = Path("web"),
+    host: Annotated[str, typer.Option(help="The address to listen on; 127.0.0.1 keeps it on this machine.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="The port.")] = 8000,
+) -> None:
+    """Serve the built page over HTTP until Ctrl-C."""
+    from dcgan.web.serve import page_server
+
+    def serve() -> str:
+        server = page_server(folder, host, port)
+        typer.echo(f"the page: http://{host}:{server.server_address[1]}/  (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return "stopped"
+
+    _report(serve)

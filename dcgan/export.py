@@ -1,6 +1,7 @@
 """Export the generator to ONNX, check that ONNX Runtime computes what torch computes, register and promote it.
 
 models/generator.safetensors -> models/generator.onnx, reports/parity.json,
+models/classifier.safetensors -> models/classifier.onnx (for pages that label samples: `dcgan web`),
                                 a new version of the data set's registered model (`dcgan-generator` for MNIST,
                                 `dcgan-generator-<dataset>` for the others) in the MLflow registry (alias
                                 `champion` when it passed parity and beats that champion's FID)
@@ -23,6 +24,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from dcgan import model_card, tracking
+from dcgan.classifier import Classifier, load_classifier
 from dcgan.config import Params, Paths
 from dcgan.data import prepared_info
 from dcgan.errors import ParityError
@@ -76,6 +78,8 @@ def export(params: Params, paths: Paths) -> ExportResult:
             half_target = paths.models / "generator_fp16.onnx"
             report["fp16"] = export_checked(generator, half_target, params, paths, run_id, half=True)
             mlflow.log_artifact(str(half_target), artifact_path="onnx")
+        report["classifier"] = export_classifier(params, paths)
+        mlflow.log_artifact(str(paths.models / "classifier.onnx"), artifact_path="onnx")
         write_json_atomic(paths.reports / "parity.json", report)
         name = registered_model(params.data.dataset)
         version = register(onnx.load(target), name, params, info.channels)
@@ -97,7 +101,9 @@ def export_checked(
     """
     prefix = "parity_fp16" if half else "parity"
     with atomic_path(target) as tmp:
-        to_onnx(copy.deepcopy(generator).half() if half else generator, tmp, params.export.opset)
+        half_or_not = copy.deepcopy(generator).half() if half else generator
+        z = torch.randn(2, generator.z_dim, 1, 1).to(next(half_or_not.parameters()).dtype)
+        to_onnx(half_or_not, z, tmp, params.export.opset, ("z", "images"))
         _set_metadata(tmp, params, paths, run_id)
         onnx.checker.check_model(tmp, full_check=True)
         report = parity(generator, tmp, params, half)
@@ -112,22 +118,63 @@ def export_checked(
     return report
 
 
-def to_onnx(generator: Generator, path: Path, opset: int) -> None:
-    """`generator` to ONNX at `path`: one file, input z with a dynamic batch axis, in the generator's dtype."""
-    generator = generator.cpu().eval()
-    z = torch.randn(2, generator.z_dim, 1, 1).to(next(generator.parameters()).dtype)
+def to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, names: tuple[str, str]) -> None:
+    """`module` to ONNX at `path`: one file, one input and one output named by `names`, dynamic batch axis."""
+    module = module.cpu().eval()
     program = torch.onnx.export(
-        generator,
-        (z,),
-        input_names=["z"],
-        output_names=["images"],
-        dynamic_shapes={"z": {0: torch.export.Dim("batch")}},
+        module,
+        (example,),
+        input_names=[names[0]],
+        output_names=[names[1]],
+        dynamic_shapes={names[0]: {0: torch.export.Dim("batch")}},
         opset_version=opset,
         dynamo=True,
         external_data=False,
     )
     assert program is not None
     program.save(str(path), external_data=False)
+
+
+class ClassProbabilities(torch.nn.Module):
+    """The classifier as a page uses it: generated images in, class probabilities out (N x classes)."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(images).softmax(1)
+
+
+def export_classifier(params: Params, paths: Paths) -> dict[str, Any]:
+    """models/classifier.safetensors -> models/classifier.onnx, taking images as the generator makes them
+    (data.image_size, [-1, 1]: the resize is in the graph) and giving class probabilities; written only if ONNX
+    Runtime agrees with torch within export.parity_atol. Returns its parity figures."""
+    import onnxruntime as ort
+
+    classifier = load_classifier(paths.models / "classifier.safetensors")
+    model = ClassProbabilities(classifier).eval()
+    size, channels = params.data.image_size, prepared_info(paths, params.data).channels
+    images = torch.rand(64, channels, size, size, generator=torch.Generator().manual_seed(params.seed)) * 2 - 1
+    target = paths.models / "classifier.onnx"
+    with atomic_path(target) as tmp:
+        to_onnx(model, images[:2], tmp, params.export.opset, ("images", "probabilities"))
+        onnx_model = onnx.load(tmp)
+        props = {"classes": json.dumps(classifier.classes), "task": classifier.task, "image_size": str(size)}
+        onnx.helper.set_model_props(onnx_model, props)
+        onnx.save(onnx_model, tmp)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = model(images).numpy()
+        (actual,) = session.run(["probabilities"], {"images": images.numpy()})
+        error = float(np.abs(actual - expected).max())
+        if error > params.export.parity_atol:
+            raise ParityError(
+                f"{target}: ONNX Runtime differs from torch by {error:.3g} on the class probabilities (tolerance"
+                f" {params.export.parity_atol:g}); the file was not written"
+            )
+    mlflow.log_metric("parity_classifier_max_abs_error", error)
+    return {"max_abs_error": error, "provider": "CPUExecutionProvider", "passed": True}
 
 
 def _set_metadata(path: Path, params: Params, paths: Paths, run_id: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dcgan.export
-from dcgan.classifier import train_classifier
+from dcgan.classifier import load_classifier, predict, train_classifier
 from dcgan.config import Paths
 from dcgan.data import prepare
 from dcgan.errors import DiskError, ParityError
@@ -88,16 +88,36 @@ def test_fp16_variant_has_its_own_parity(trained: Paths, tiny):
     assert images.dtype == np.float16 and images.shape == (3, 1, 16, 16)
 
 
+def test_the_classifier_is_exported_beside_the_generator_and_labels_as_torch_does(trained: Paths, tiny):
+    export(tiny, trained)
+    path = trained.models / "classifier.onnx"
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert json.loads(meta["classes"]) == list("0123456789") and meta["task"] == "labels" and meta["image_size"] == "16"
+    # Generated images as they are (16 x 16 here): the resize to the classifier's 28 x 28 is in the graph.
+    images = generator_as_exported(tiny, trained)(torch.randn(20, 8, 1, 1))
+    with torch.no_grad():
+        expected = predict(load_classifier(trained.models / "classifier.safetensors"), images).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run(["probabilities"], {"images": images.detach().numpy()})
+    assert probabilities.shape == (20, 10) and np.abs(probabilities - expected).max() <= 1e-5
+    run_id = json.loads(trained.mlflow_run.read_text())["run_id"]
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="onnx/classifier.onnx", tracking_uri=tracking_uri(trained)
+    )
+    assert Path(logged).read_bytes() == path.read_bytes()
+    assert json.loads((trained.reports / "parity.json").read_text())["classifier"]["max_abs_error"] <= 1e-5
+
+
 def test_altered_weights_fail_parity_and_change_nothing(trained: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
     export(tiny, trained)
     good = (trained.models / "generator.onnx").read_bytes()
     versions = len(_registry(trained).search_model_versions(f"name='{REGISTERED_MODEL}'"))
     real_to_onnx = dcgan.export.to_onnx
 
-    def export_altered(generator, path, opset):
+    def export_altered(generator, *args):
         with torch.no_grad():
             generator.main[0].weight.mul_(1.01)  # the ONNX file gets other weights than the torch reference
-        real_to_onnx(generator, path, opset)
+        real_to_onnx(generator, *args)
         with torch.no_grad():
             generator.main[0].weight.div_(1.01)
 
