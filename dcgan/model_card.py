@@ -1,8 +1,8 @@
 """The model card in the MLflow registry: the description the UI shows on the registered model and on each version.
 
 `export` writes both. The model's card says what it generates, its input and output, and how to sample it with
-`dcgan generate`, from Python and over REST; a version's card says how it was trained and evaluated, with its
-figures, its MLflow run, git commit and data.
+`dcgan generate`, from Python, in the browser and over REST; a version's card says how it was trained and
+evaluated, with its figures, its MLflow run, git commit and data.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ From Python (onnxruntime only):
     session = ort.InferenceSession(f"{{path}}/model.onnx")
     z = np.random.default_rng(0).standard_normal((16, {z}, 1, 1), dtype=np.float32)
     (images,) = session.run(["images"], {{"z": z}})
+
+In the browser (onnxruntime-web; nothing runs on a server), on http://127.0.0.1:8000/:
+
+    dcgan web build --model models:/{name}@champion && dcgan web serve
 
 Over REST (MLflow's model server, on 127.0.0.1):
 

@@ -1,5 +1,5 @@
 """The README's commands as a newcomer types them: a fresh `git clone`, fresh state (no .prefect/, no mlflow.db, no
-server running), then `make run`, `make repro`, `make prefect-server` and `make serve` as subprocesses.
+server running), then `make run`, `make web`, `make repro`, `make prefect-server` and `make serve` as subprocesses.
 
 The clone shares this suite's venv (a symlink; its pyproject.toml and requirements.lock are dated before the
 venv's install, so make finds the venv up to date and leaves it alone) and imports its own code (PYTHONPATH).
@@ -21,13 +21,26 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 
 from dcgan.config import Params, Paths, load_params
 from dcgan.data import fetch
+from dcgan.web.browser import chromium
 
-from .conftest import BIN, FIXTURE_DIR, FIXTURE_SHA256, REPO, TINY, run_cmd, user_env
+from .conftest import (
+    BIN,
+    FIXTURE_DIR,
+    FIXTURE_SHA256,
+    REPO,
+    TINY,
+    Processes,
+    free_port,
+    run_cmd,
+    user_env,
+    wait_until,
+)
 
 
 def tiny_overrides() -> str:
@@ -96,13 +109,30 @@ def assert_trained_tracked_and_registered(clone: Path) -> None:
     assert client.get_model_version_by_alias("dcgan-generator", "champion").run_id == run.info.run_id
 
 
-def test_make_run_on_a_fresh_clone(clone: Path):
+def test_make_run_then_make_web_on_a_fresh_clone(clone: Path, processes: Processes):
     result = shell(clone, f"make run OVERRIDES={shlex.quote(tiny_overrides())}")
     assert result.returncode == 0, result.stdout[-8000:]
     assert "Starting a local Prefect server for this run" in result.stdout
     assert "done: MLflow run" in result.stdout
     assert (clone / ".prefect" / "prefect.db").is_file()  # the fresh PREFECT_HOME the Makefile gives
     assert_trained_tracked_and_registered(clone)
+
+    # Then the champion in the browser: `make web` builds the page and serves it until stopped.
+    port = free_port()
+    processes.start("make-web", ["make", "web", f"WEB_PORT={port}"], cwd=clone, env=user_env(PYTHONPATH=str(clone)))
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: httpx.get(url).status_code == 200, "make web", processes)
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(url, wait_until="load")
+        page.wait_for_function("document.body.dataset.ready === 'true'", timeout=60_000)
+        assert "dcgan-generator version 1" in page.inner_text("#card")
+        assert page.locator(".cell canvas").count() == 16
+
+
+def test_make_web_before_any_run_says_what_to_do(clone: Path):
+    line = one_line_error(shell(clone, "make web", timeout=300))
+    assert line.startswith("error: models:/dcgan-generator@champion: cannot get it")
 
 
 def test_make_repro_on_a_fresh_clone(clone: Path):

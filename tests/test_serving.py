@@ -39,6 +39,7 @@ def test_the_registry_shows_a_model_card_on_the_model_and_the_version(champion: 
     assert "trained on **mnist** (10 classes: 0, 1, 2" in card
     assert "**Input** `z`: float32, N x 8 x 1 x 1" in card and "**Output** `images`: float32, N x 1 x 16 x" in card
     assert f"dcgan generate --model {CHAMPION_URI}" in card and "mlflow models serve -m" in card
+    assert f"dcgan web build --model {CHAMPION_URI} && dcgan web serve" in card
     version = client.get_model_version(REGISTERED_MODEL, "1")
     assert f"MLflow run `{version.run_id}`" in version.description
     assert "| FID (lower is better) |" in version.description and "ONNX parity: max abs error" in version.description
