@@ -94,13 +94,13 @@ def train_classifier(params: Params, paths: Paths) -> ClassifierResult:
             paths.raw(data.dataset),
         )
 
-    torch.manual_seed(params.seed)
+    torch.manual_seed(cfg.seed)
     size = DATASETS[data.dataset].classifier_size
     model = Classifier(info.channels, classes, size, task)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps = cfg.epochs * ((len(train_x) + cfg.batch_size - 1) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
-    rng = torch.Generator().manual_seed(params.seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
     model.train()
     with tqdm(total=steps, unit="step", desc="classifier", mininterval=1.0) as bar:
         for _ in range(cfg.epochs):

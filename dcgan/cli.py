@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params, parse_overrides
-from dcgan.errors import DcganError
+from dcgan.errors import DcganError, ParamsError
 
 app = typer.Typer(
     help="DCGAN on MNIST (or data.dataset): fetch, prepare, classifier, train, evaluate, export.", no_args_is_help=True
@@ -110,6 +110,30 @@ def generate(
     from dcgan.generate import generate_images
 
     _report(lambda: generate_images(model, n, seed, out, individual, truncation))
+
+
+@app.command()
+def sweep(
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", "-g", help="KEY=[v1, v2]: a YAML list of values (repeatable).")
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="The seeds every grid point runs with, e.g. 0,1,2.")] = "0",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Members run at once (DVC queue workers).")] = 1,
+    name: Annotated[str | None, typer.Option(help="The sweep's name (default sweep-<date>-<time>).")] = None,
+    params_file: ParamsOption = PARAMS_FILE,
+) -> None:
+    """Train and evaluate every member of a grid times the seeds through DVC's experiment queue, as child runs
+    of one MLflow run that compares them."""
+    from dcgan.sweep import run_sweep
+
+    def run() -> Any:
+        try:
+            seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
+        except ValueError:
+            raise ParamsError(f"--seeds {seeds}: expected whole numbers separated by commas, e.g. 0,1,2") from None
+        return run_sweep(params_file, parse_overrides(grid or []), seed_list, jobs, name, Paths())
+
+    _report(run)
 
 
 web = typer.Typer(help="The generator in the browser: a static page on onnxruntime-web, no server-side inference.")

@@ -77,6 +77,7 @@ class TrainParams(_Section):
 
 
 class ClassifierParams(_Section):
+    seed: int = 0  # its own: the instrument that measures every run stays the same when the training seed changes
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.001, gt=0)

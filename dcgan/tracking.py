@@ -38,6 +38,27 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+# Set by `dcgan sweep` for DVC's queue workers: {"parent_run_id", "name", "keys"} (dcgan/sweep.py).
+SWEEP_ENV = "DCGAN_SWEEP"
+
+
+def sweep_tags(flat_params: Mapping[str, Any]) -> dict[str, str]:
+    """A sweep member's run: the child of the sweep's parent run, named and tagged by its DVC experiment and
+    its overrides. Empty outside a sweep."""
+    sweep = json.loads(os.environ.get(SWEEP_ENV) or "{}")
+    if not sweep:
+        return {}
+    member = os.environ.get("DVC_EXP_NAME", "")  # DVC names each queued experiment's run
+    overrides = {key: flat_params[key] for key in sweep["keys"] if key in flat_params}
+    return {
+        "mlflow.parentRunId": sweep["parent_run_id"],
+        "mlflow.runName": member,
+        "sweep": sweep["name"],
+        "sweep.member": member,
+        "sweep.overrides": json.dumps(overrides, sort_keys=True),
+    }
+
+
 def experiment_name(dataset: str) -> str:
     """One MLflow experiment per data set: dcgan-mnist, dcgan-fashion-mnist, dcgan-cifar10, ..."""
     return f"dcgan-{dataset}"
@@ -49,11 +70,16 @@ _PROJECT_STORES: set[str] = set()
 
 
 def tracking_uri(paths: Paths) -> str:
-    """$MLFLOW_TRACKING_URI as the user set it, else the SQLite store `mlflow.db` at the project root."""
+    """$MLFLOW_TRACKING_URI as the user set it, else the SQLite store `mlflow.db` at the project root.
+
+    Under DVC the project root is $DVC_ROOT: an experiment from DVC's queue runs in a temporary copy of the
+    project, and its runs belong in the project's store, not in one deleted with the copy.
+    """
     chosen = os.environ.get("MLFLOW_TRACKING_URI")
     if chosen and chosen not in _PROJECT_STORES:
         return chosen
-    return f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
+    root = Path(os.environ.get("DVC_ROOT") or paths.root)
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 def use_store(paths: Paths) -> str:
@@ -131,6 +157,7 @@ def training_run(
                     "dataset": dataset,
                     "data.raw.dvc_md5": raw_hash,
                     "data.prepared.dvc_md5": prepared_hash,
+                    **sweep_tags(params.flat()),
                     **(tags or {}),
                 }
             )

@@ -1,4 +1,5 @@
-"""`python -m flows.serve` (what `make serve` calls): serve the `train-dcgan` flow as the deployment `train-dcgan`.
+"""`python -m flows.serve` (what `make serve` calls): serve the `train-dcgan` flow as the deployment `train-dcgan`,
+and the `sweep-dcgan` flow as `sweep-dcgan`.
 
 Needs a Prefect API (`make prefect-server`, then PREFECT_API_URL); waits for it while it starts. Trigger a run with
 `prefect deployment run train-dcgan/train-dcgan`. One run at a time: the runs share the workspace and DVC's lock.
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import cast
 
 import httpx
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 from prefect.settings import PREFECT_API_URL
 
 from flows import SERVER_STARTUP_S
+from flows.sweep_dcgan import sweep_dcgan
 from flows.train_dcgan import train_dcgan
 
 
@@ -44,7 +49,8 @@ def main() -> int:
             f"error: {problem}: start it with `make prefect-server` (PREFECT_PORT to choose the port)", file=sys.stderr
         )
         return 1
-    train_dcgan.serve(name="train-dcgan", limit=1)
+    deployments = [train_dcgan.to_deployment(name="train-dcgan"), sweep_dcgan.to_deployment(name="sweep-dcgan")]
+    serve(*cast(list[RunnerDeployment], deployments), limit=1)  # called outside an event loop: not coroutines
     return 0
 
 

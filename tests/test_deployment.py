@@ -1,5 +1,6 @@
-"""End to end with real processes on 127.0.0.1: a Prefect server, an MLflow server, the served deployment,
-and `prefect deployment run train-dcgan/train-dcgan --watch` as a user types it."""
+"""End to end with real processes on 127.0.0.1: a Prefect server, an MLflow server, the served deployments,
+and `prefect deployment run train-dcgan/train-dcgan --watch` as a user types it; then a sweep, run by
+`prefect deployment run sweep-dcgan/sweep-dcgan` through DVC's queue, nested in MLflow over HTTP."""
 
 import json
 import subprocess
@@ -69,3 +70,34 @@ def test_deployment_run_trains_tracks_and_registers(repo: Path, tmp_path: Path, 
     fetched = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert fetched.returncode == 0, fetched.stderr
     assert (download / "model.onnx").is_file()
+
+    # A sweep through the other deployment: DVC's queue runs the members, their runs nest under one parent.
+    sweep_run = [
+        "prefect",
+        "deployment",
+        "run",
+        "sweep-dcgan/sweep-dcgan",
+        "--watch",
+        "--watch-timeout",
+        "500",
+        "-p",
+        'grid={"train.lr": [0.0002, 0.0004]}',
+        "-p",
+        "seeds=[0]",
+        "-p",
+        "jobs=2",
+        "-p",
+        "name=lr",
+    ]
+    swept = subprocess.run(sweep_run, cwd=repo, env=env, capture_output=True, text=True, timeout=560)  # fmt: skip
+    assert swept.returncode == 0, f"{swept.stdout}\n{swept.stderr}\n{processes.tail()}"
+    (parent,) = client.search_runs(mlflow_run.info.experiment_id, filter_string="tags.`sweep.role` = 'parent'")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["members_succeeded"] == 2
+    children = client.search_runs(
+        mlflow_run.info.experiment_id, filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags["sweep.member"] for r in children) == ["lr-1", "lr-2"]
+    assert all("eval_fid" in r.data.metrics for r in children)
+    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={}).json()
+    comparison = next(a for a in artifacts if a["key"] == "sweep-dcgan-comparison")["data"]
+    assert "| lr-1 | train.lr=0.0002, seed=0 | success |" in comparison

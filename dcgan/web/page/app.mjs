@@ -172,7 +172,7 @@ function describe(list, entries) {
 }
 
 function showCard(card) {
-  const figures = Object.entries(card.metrics).map(([key, value]) => [key, Number(value).toPrecision(4)]);
+  const figures = Object.entries(card.metrics).map(([key, value]) => [key, Number.isInteger(value) ? String(value) : value.toPrecision(4)]);
   describe($("card"), [
     ["model", card.registered_model ? `${card.registered_model} version ${card.version}` : card.model],
     ["aliases", (card.aliases ?? []).join(", ") || "none"],
