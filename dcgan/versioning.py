@@ -36,7 +36,11 @@ def fetch_versioned(params: Params, paths: Paths) -> str:
         if dvc_file.is_file() and not repo.status(targets=[str(dvc_file)]):
             outcome = f"up to date: {raw} matches {dvc_file.name}"
         elif dvc_file.is_file():
-            outcome = f"fetched from {fetch(params, paths).source}"
+            source = fetch(params, paths).source
+            # Into DVC's cache too (the files match the .dvc file: fetch checked them), so that the next check
+            # finds them up to date and DVC's experiment queue can check them out in its temporary workspaces.
+            repo.commit(str(dvc_file), force=True)
+            outcome = f"fetched from {source}"
         else:
             source = fetch(params, paths).source
             repo.add(str(raw))

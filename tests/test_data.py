@@ -173,3 +173,25 @@ def test_prepare_names_missing_raw_data(tmp_path: Path):
     params = write_params(tmp_path)
     with pytest.raises(DataError, match="train-images-idx3-ubyte: missing: run `dcgan fetch` first"):
         prepare(params, Paths(tmp_path))
+
+
+def test_files_fetched_for_a_committed_dvc_file_go_into_dvcs_cache(repo: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh clone holds data/raw/mnist.dvc but neither the files nor DVC's cache of them: after the fetch both
+    are there, so the next check finds them up to date and DVC's queue can check them out elsewhere."""
+    import dataclasses
+
+    from dcgan.data.datasets import DATASETS
+    from dcgan.data.published import with_digests
+    from dcgan.versioning import fetch_versioned
+
+    from .conftest import run_cmd
+
+    fixture_mnist = dataclasses.replace(MNIST, files=tuple(with_digests(MNIST.files, FIXTURE_SHA256)))
+    monkeypatch.setitem(DATASETS, "mnist", fixture_mnist)
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "raw" / "mnist")
+    params = load_params(repo / "params.yaml", {"data.source_dir": str(FIXTURE_DIR)})
+    assert fetch_versioned(params, Paths(repo)) == f"fetched from folder {FIXTURE_DIR}"
+    assert "not in cache" not in run_cmd(repo, "dvc", "status", "data/raw/mnist.dvc").stdout
+    assert run_cmd(repo, "git", "status", "--porcelain").stdout == ""  # mnist.dvc as committed
+    assert fetch_versioned(params, Paths(repo)) == f"up to date: {repo}/data/raw/mnist matches mnist.dvc"
