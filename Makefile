@@ -13,6 +13,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PREFECT_PORT ?= 4200
 # e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
+# Named overrides, put before OVERRIDES: `make run PRESET=cpu` (README, "Digits on a CPU budget").
+PRESET_cpu := data.image_size=32 train.epochs=9
+ifneq ($(PRESET),)
+ifeq ($(PRESET_$(PRESET)),)
+$(error PRESET=$(PRESET): no such preset (known: cpu))
+endif
+override OVERRIDES := $(PRESET_$(PRESET)) $(OVERRIDES)
+endif
 # `make web`: the model the page explores, and where it is served.
 WEB_MODEL ?= models:/dcgan-generator@champion
 WEB_PORT ?= 8000

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check, one command, under 6 minutes (its timeouts add up to 350 s), installing nothing (run `make setup` first, or use a Python that
-# has the project's dependencies):  bash bench/gpu.sh [MNIST_DIR]
+# The GPU check, one command, under 10 minutes (its timeouts add up to 560 s), installing nothing (run `make setup` first, or use a
+# Python that has the project's dependencies):  bash bench/gpu.sh [MNIST_DIR]
 #   1. bench/train_throughput.py on the GPU: the project's step against the canonical loop, alternately
 #      (bf16 autocast, channels_last, fused Adam), then the project's step with torch.compile;
 #   2. the seed's full run: 30 epochs of all 60,000 images at batch 128 (`dcgan train`, quick FID off),
 #      timed, in a temporary project;
+#   3. that run's quality, the first time it is measured: `dcgan classifier`, then `dcgan evaluate` (FID, IS,
+#      digits covered, precision and recall on 10,000 samples);
 # and prints a short table. Record its figures in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,9 @@ start=$(date +%s%N)
 (cd "$project" && timeout 100 "$PY" -m dcgan train -S evaluate.every_epochs=0 -S train.log_every=100 \
   >"$out/train.json" 2>"$out/train.log") || { tail -20 "$out/train.log"; exit 1; }
 echo "{\"wall_ms\": $(( ($(date +%s%N) - start) / 1000000 ))}" >"$out/wall.json"
+(cd "$project" && timeout 90 "$PY" -m dcgan classifier >/dev/null 2>"$out/evaluate.log" \
+  && timeout 120 "$PY" -m dcgan evaluate >/dev/null 2>>"$out/evaluate.log") || { tail -20 "$out/evaluate.log"; exit 1; }
+cp "$project/reports/metrics.json" "$out/metrics.json"
 
 "$PY" - "$out" <<'PYTHON'
 import json, sys
@@ -43,6 +48,7 @@ t = json.loads((out / "throughput.json").read_text())
 c = json.loads((out / "compiled.json").read_text())
 r = json.loads((out / "train.json").read_text())
 wall = json.loads((out / "wall.json").read_text())["wall_ms"] / 1000
+m = json.loads((out / "metrics.json").read_text())
 ips = t["images_per_second"]
 rows = [
     ("GPU", t["device"]),
@@ -55,6 +61,8 @@ rows = [
     (f"seed run: {r['steps']} steps, training images/s", round(r["images_per_second"], 1)),
     ("seed run: training time, s", round(r["steps"] * 128 / r["images_per_second"], 1)),
     ("seed run: `dcgan train` wall time, s", round(wall, 1)),
+    ("seed run: FID / IS (real images: FID, IS)", f"{m['fid']:.2f} / {m['inception_score']:.2f} ({m['real_fid']:.2f}, {m['real_inception_score']:.2f})"),
+    ("seed run: digits covered, precision / recall", f"{m['digits_covered']} of 10, {m['precision']:.3f} / {m['recall']:.3f}"),
 ]
 width = max(len(name) for name, _ in rows)
 for name, value in rows:
