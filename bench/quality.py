@@ -2,7 +2,7 @@
 lower is better) at every epoch of a run, against seconds of training and against images seen.
 
     python bench/quality.py --variants seed ema --seeds 0 1 2 [--epochs 3] [--plot PNG] [--json]
-    python bench/quality.py --sweep NAME [--plot PNG] [--json]     # the members of a `dcgan sweep` instead
+    python bench/quality.py --sweep NAME [NAME ...] [--plot PNG] [--json]   # the members of `dcgan sweep`s instead
 
 With --variants, each variant trains the seed model from each seed in a temporary project (the project's
 data/prepared and models/classifier.safetensors, its own MLflow store). With --sweep, the members' runs in the
@@ -122,7 +122,7 @@ def plot(curves: dict[str, dict[str, list[dict[str, float]]]], path: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", help="read the members of this `dcgan sweep` instead of training")
+    parser.add_argument("--sweep", nargs="+", help="read the members of these `dcgan sweep`s instead of training")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["seed", "ema"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -132,7 +132,7 @@ def main() -> None:
 
     project = Paths()
     if args.sweep:
-        curves = from_sweep(args.sweep, project)
+        curves = {point: seeds for name in args.sweep for point, seeds in from_sweep(name, project).items()}
     else:
         n_images = len(load_prepared(project, "train", DataParams())[0])
         curves = {variant: {} for variant in args.variants}
