@@ -31,6 +31,7 @@ import mlflow
 from dcgan import tracking
 from dcgan.config import DataParams, Params, Paths, load_params
 from dcgan.data import load_prepared
+from dcgan.sweep import describe
 from dcgan.train import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -77,7 +78,7 @@ def from_sweep(name: str, project: Paths) -> dict[str, dict[str, list[dict[str, 
             continue
         overrides = json.loads(run.data.tags["sweep.overrides"])
         seed = str(overrides.pop("seed"))
-        point = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())) or "(base)"
+        point = describe(dict(sorted(overrides.items())))
         curves.setdefault(point, {})[seed] = curve(client, run.info.run_id)
     if not curves:
         raise SystemExit(f"no finished member runs of a sweep named {name!r} in {tracking.tracking_uri(project)}")

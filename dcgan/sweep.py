@@ -46,6 +46,11 @@ FIGURES = {  # eval metric -> the column's name
 NOT_GRIDDED = {"seed": "give seeds with --seeds", "data.dataset": "compare data sets in separate sweeps"}
 
 
+def describe(overrides: dict[str, Any]) -> str:
+    """{"train.lr": 0.0002, "seed": 0} -> 'train.lr=0.0002, seed=0': as a sweep's tables and plots name them."""
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items()) or "(base)"
+
+
 @dataclass(frozen=True)
 class Member:
     name: str  # the DVC experiment: <sweep>-<n>
@@ -54,7 +59,7 @@ class Member:
     @property
     def point(self) -> str:
         """The grid point, seed left out: what the mean and spread are taken over."""
-        return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.overrides.items() if k != "seed") or "(base)"
+        return describe({k: v for k, v in self.overrides.items() if k != "seed"})
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ def _comparison(sweep: Sweep, outcomes: list[Outcome]) -> str:
     for o in outcomes:
         figures = " | ".join(f"{o.metrics[k]:.4g}" if k in o.metrics else "–" for k in FIGURES)
         state = o.state if o.state == "success" else f"{o.state} (`dvc queue logs {o.member.name}`)"
-        overrides = ", ".join(f"{k}={json.dumps(v)}" for k, v in o.member.overrides.items())
+        overrides = describe(o.member.overrides)
         lines.append(f"| {o.member.name} | {overrides} | {state} | {figures} | {o.run.info.run_id if o.run else '–'} |")
     lines += ["", "Mean ± standard deviation over seeds, per grid point:", ""]
     lines += ["| grid point | seeds | " + " | ".join(FIGURES.values()) + " |", "|" + " --- |" * (len(FIGURES) + 2)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import onnx
 
-from dcgan import tracking
+from dcgan import model_card, tracking
 from dcgan.config import Paths
 from dcgan.errors import DcganError
 from dcgan.web.directions import latent_directions
@@ -33,7 +33,7 @@ from dcgan.web.runtime import VERSION, runtime_files
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "page"
-FIGURES = ("fid", "kid", "inception_score", "precision", "recall", "digits_covered", "classifier_accuracy")
+FIGURES = (*model_card.FIGURES, "classifier_accuracy")  # the evaluation's figures the page's card shows
 
 
 @dataclass(frozen=True)
