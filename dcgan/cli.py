@@ -164,17 +164,6 @@ def web_serve(
     port: Annotated[int, typer.Option(help="The port.")] = 8000,
 ) -> None:
     """Serve the built page over HTTP until Ctrl-C."""
-    from dcgan.web.serve import page_server
+    from dcgan.web.serve import serve_page
 
-    def serve() -> str:
-        server = page_server(folder, host, port)
-        typer.echo(f"the page: http://{host}:{server.server_address[1]}/  (Ctrl-C stops)")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-        return "stopped"
-
-    _report(serve)
+    _report(lambda: serve_page(folder, host, port))

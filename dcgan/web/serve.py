@@ -39,3 +39,16 @@ def page_server(folder: Path, host: str = "127.0.0.1", port: int = 8000) -> http
         return http.server.ThreadingHTTPServer((host, port), functools.partial(PageHandler, directory=str(folder)))
     except OSError as err:
         raise DcganError(f"{host}:{port}: cannot listen there ({err.strerror or err}); pick another --port") from None
+
+
+def serve_page(folder: Path, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Serve `folder` until Ctrl-C, saying where first."""
+    server = page_server(folder, host, port)
+    print(f"the page: http://{host}:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return "stopped"
