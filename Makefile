@@ -72,11 +72,14 @@ web: setup
 	dcgan web build --model $(WEB_MODEL)
 	dcgan web serve --port $(WEB_PORT)
 
-# Debian packages the tests need: chromium, which Playwright drives for the web page's tests.
+# Debian packages the tests need: chromium, which Playwright drives for the web page's tests, and PostgreSQL,
+# which the team-mode tests start a throwaway cluster of.
+SYSTEM_PACKAGES := $(if $(shell command -v chromium),,chromium) \
+	$(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql)
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else echo "the tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+	@$(if $(strip $(SYSTEM_PACKAGES)), \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else echo "the tests need Debian packages: sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; exit 1; fi, true)
 
 test: lint system-deps
 	$(BIN)/python -m pytest

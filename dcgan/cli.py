@@ -167,3 +167,57 @@ def web_serve(
     from dcgan.web.serve import serve_page
 
     _report(lambda: serve_page(folder, host, port))
+
+
+team = typer.Typer(help="Team mode: PostgreSQL, the MLflow and Prefect servers and a work pool (docs/team.md).")
+app.add_typer(team, name="team")
+TeamDir = Annotated[Path, typer.Option("--dir", help="The stack's folder (state, passwords, logs, remotes).")]
+
+
+@team.command("up")
+def team_up(
+    folder: TeamDir = Path(".team"),
+    host: Annotated[str, typer.Option(help="Where MLflow and Prefect listen; 0.0.0.0 to serve other machines.")] = (
+        "127.0.0.1"
+    ),
+    postgres_port: Annotated[int, typer.Option(help="PostgreSQL's port (on 127.0.0.1 only).")] = 5433,
+    mlflow_port: Annotated[int, typer.Option(help="The MLflow server's port.")] = 5000,
+    prefect_port: Annotated[int, typer.Option(help="The Prefect server's port.")] = 4200,
+    postgres_data: Annotated[Path | None, typer.Option(help="PostgreSQL's data folder (default DIR/postgres).")] = None,
+    auth: Annotated[bool, typer.Option(help="MLflow's basic auth: users, passwords, permissions.")] = False,
+    pool: Annotated[str, typer.Option(help="The process work pool workers poll.")] = "dcgan",
+    pool_concurrency: Annotated[int, typer.Option(help="Flow runs at once on the pool.")] = 1,
+) -> None:
+    """Start the team servers in the background (PostgreSQL first); `dcgan team down` stops them."""
+    from dcgan.team.stack import Stack, client_env, up
+
+    def run() -> str:
+        stack = up(Stack(
+            dir=folder.resolve(), host=host, postgres_port=postgres_port, mlflow_port=mlflow_port,
+            prefect_port=prefect_port, postgres_data=postgres_data, auth=auth, pool=pool,
+            pool_concurrency=pool_concurrency,
+        ))  # fmt: skip
+        lines = [f"export {key}={value}" for key, value in client_env(stack).items()]
+        return "\n".join(["# team stack up; clients set:", *lines])
+
+    _report(run)
+
+
+@team.command("down")
+def team_down(folder: TeamDir = Path(".team")) -> None:
+    """Stop the team servers and PostgreSQL; their data stays in the folder for the next `up`."""
+    from dcgan.team.stack import down, load
+
+    def run() -> str:
+        down(load(folder.resolve()))
+        return f"team stack in {folder} stopped"
+
+    _report(run)
+
+
+@team.command("env")
+def team_env(folder: TeamDir = Path(".team")) -> None:
+    """The environment a client sets for the stack: `eval "$(dcgan team env)"` (no passwords)."""
+    from dcgan.team.stack import client_env, load
+
+    _report(lambda: "\n".join(f"export {k}={v}" for k, v in client_env(load(folder.resolve())).items()))

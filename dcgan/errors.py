@@ -37,5 +37,9 @@ class TrackingError(DcganError):
     """The MLflow tracking server did not answer (after MLflow's own retries): possibly transient."""
 
 
+class AuthError(DcganError):
+    """The MLflow server rejected the credentials (401) or the user's permission (403): never retried."""
+
+
 class DiskError(DcganError):
     """A file could not be written (disk full, file too large, no permission): the earlier file is kept."""

@@ -26,7 +26,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from dcgan.config import Params, Paths
-from dcgan.errors import DcganError, TrackingError
+from dcgan.errors import AuthError, DcganError, TrackingError
 from dcgan.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 # the tag alone did not, checked in headless Chromium.)
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
+
+# MLflow's error codes for a rejected credential (HTTP 401) and a refused permission (403).
+AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+# MLFLOW_TRACKING_URI schemes of a database: a client there writes artifacts to its own folder.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 # Set by `dcgan sweep` for DVC's queue workers: {"parent_run_id", "name", "keys"} (dcgan/sweep.py).
 SWEEP_ENV = "DCGAN_SWEEP"
@@ -77,6 +82,12 @@ def tracking_uri(paths: Paths) -> str:
     """
     chosen = os.environ.get("MLFLOW_TRACKING_URI")
     if chosen and chosen not in _PROJECT_STORES:
+        if chosen.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+            raise DcganError(
+                f"MLFLOW_TRACKING_URI={chosen.split('://', 1)[0]}://... points at a database, not a tracking server: "
+                "this machine would keep the run's artifacts in a folder of its own, out of the team's reach. Use "
+                "the MLflow server's http(s):// URL (docs/team.md)"
+            )
         return chosen
     root = Path(os.environ.get("DVC_ROOT") or paths.root)
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
@@ -109,14 +120,22 @@ def use_experiment(paths: Paths, dataset: str) -> str:
         return mlflow.create_experiment(name, artifact_location=location, tags=tags)
 
 
+def unreachable(err: MlflowException) -> bool:
+    """A tracking server that did not answer, after MLflow's own retries with backoff: worth a later retry.
+    A rejected credential or permission is not: it fails the same way every time."""
+    return "API request to" in str(err) and err.error_code not in AUTH_ERRORS
+
+
 @contextmanager
 def server_errors(uri: str) -> Iterator[None]:
-    """Turn MLflow's "API request ... failed" (a server that did not answer, after MLflow's own retries with
-    backoff) into a TrackingError that says what to do."""
+    """Turn MLflow's "API request ... failed" into a TrackingError (no answer) or an AuthError (401, 403) that
+    says what to do."""
     try:
         yield
     except MlflowException as err:
-        if "API request to" not in str(err):
+        if err.error_code in AUTH_ERRORS:
+            raise AuthError(_auth_message(uri, err)) from None
+        if not unreachable(err):
             raise
         first_line = str(err).splitlines()[0][:400]
         raise TrackingError(
@@ -124,6 +143,21 @@ def server_errors(uri: str) -> Iterator[None]:
             "MLFLOW_TRACKING_URI to use the local SQLite store; checkpoints already written are kept, and "
             "`dcgan train` resumes from them"
         ) from err
+
+
+def _auth_message(uri: str, err: MlflowException) -> str:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    endpoint = str(err).split("endpoint ", 1)[-1].split(" ", 1)[0]
+    if err.error_code == "UNAUTHENTICATED":
+        who = f"no such user {user!r}, or a wrong password" if user else "no credentials were given"
+        return (
+            f"the MLflow server {uri} rejected the credentials (HTTP 401 on {endpoint}): {who}. Set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on that server"
+        )
+    return (
+        f"the MLflow server {uri} refused user {user or '(none)'} permission (HTTP 403 on {endpoint}): ask an "
+        'MLflow admin to grant it EDIT on the experiment (docs/team.md, "Users and permissions")'
+    )
 
 
 @contextmanager

@@ -8,10 +8,16 @@ door made them.
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Callable
 
+import mlflow
+import yaml
+
+from dcgan import tracking
 from dcgan.config import PARAMS_FILE, Params, Paths, load_params
 from dcgan.data import fetch
+from dcgan.errors import DcganError
 
 log = logging.getLogger(__name__)
 
@@ -79,4 +85,55 @@ def run_versioned(stage: str, work: Callable[[Params, Paths], object], params: P
             repo.commit(stage, force=True)
             outcome = "ran and recorded in dvc.lock"
     log.info("%s: %s", stage, outcome)
+    return outcome
+
+
+def share_versioned(params: Params, paths: Paths) -> str:
+    """After a successful run, when the project has a default DVC remote: save the run's files as the DVC
+    experiment `mlflow-<run id>` (params.yaml with the run's effective params, dvc.lock with the hashes of
+    everything it made) and push it: the commit through the git remote `origin`, the files to the DVC remote
+    (`dvc exp push`). A teammate gets them back with `dvc exp pull origin <name>` and `dvc exp apply <name>`.
+
+    The workspace's params.yaml and dvc.lock are put back as they were. Returns what happened, in words.
+    """
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        repo = Repo(str(paths.root))
+    except NotDvcRepoError:
+        return f"not shared: {paths.root.resolve()} is no DVC repository"
+    with repo:
+        remote = repo.config["core"].get("remote")
+        if not remote:
+            outcome = "not shared: the project has no default DVC remote (`dvc remote add -d`)"
+            log.info("share: %s", outcome)
+            return outcome
+        with tracking.pipeline_run(paths) as run_id:
+            name = f"mlflow-{run_id}"
+            mlflow.set_tag("dvc.experiment", name)  # the MLflow run names the experiment that holds its files
+        git_remotes = subprocess.run(["git", "remote"], cwd=paths.root, capture_output=True, text=True).stdout
+        if "origin" not in git_remotes.split():
+            raise DcganError(f"{paths.root}: no git remote 'origin' to share the experiment {name} through")
+        params_file, lock = paths.root / PARAMS_FILE, paths.root / "dvc.lock"
+        kept = {path: path.read_bytes() if path.exists() else None for path in (params_file, lock)}
+        try:
+            # The params this run used, so that the experiment's dvc.lock agrees with its params.yaml.
+            params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+            repo.experiments.save(name=name, force=True)  # records every stage's outputs, as `dvc commit`
+        finally:
+            for path, content in kept.items():
+                if content is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.write_bytes(content)
+        try:
+            repo.experiments.push("origin", [name], push_cache=True, force=True)
+        except Exception as err:  # DVC's push errors: an unreachable remote, no permission, a full disk
+            raise DcganError(
+                f"could not push the DVC experiment {name} (git remote origin, DVC remote {remote}): {err}. The "
+                f"files stay here; retry with `dvc exp push origin {name}`"
+            ) from err
+    outcome = f"shared as DVC experiment {name} (git remote origin, DVC remote {remote})"
+    log.info("share: %s", outcome)
     return outcome

@@ -37,19 +37,20 @@ from dcgan.errors import DownloadError, TrackingError  # noqa: E402
 from dcgan.evaluate import EvaluateResult, evaluate  # noqa: E402
 from dcgan.export import ExportResult, export  # noqa: E402
 from dcgan.train import TrainResult, train  # noqa: E402
-from dcgan.versioning import fetch_versioned, run_versioned  # noqa: E402
+from dcgan.versioning import fetch_versioned, run_versioned, share_versioned  # noqa: E402
 
 PATHS = Paths()
 
 
 def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed download or an MLflow server that did not answer; never bad params, data or parity."""
+    """Retry a failed download or an MLflow server that did not answer; never bad params, data, parity or a
+    rejected credential (AuthError)."""
     try:
         state.result()
     except (DownloadError, TrackingError, requests.ConnectionError, requests.Timeout):
         return True
     except MlflowException as err:
-        return "API request to" in str(err)  # MLflow's wording for an HTTP request that failed
+        return tracking.unreachable(err)  # never a rejected credential or permission
     except Exception:
         return False
     return False
@@ -101,6 +102,12 @@ def export_model(params: Params) -> ExportResult:
     return export(params, PATHS)
 
 
+@retried_task
+def share_files(params: Params) -> str:
+    """With a DVC remote: the run's data, weights and ONNX files pushed as a DVC experiment (team mode)."""
+    return share_versioned(params, PATHS)
+
+
 @flow(name="train-dcgan", log_prints=True)
 def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fetch and prepare the data set (MNIST unless data.dataset says otherwise), train the classifier and the
@@ -117,6 +124,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     logger.info("MLflow run %s (%s)", trained.run_id, tracking.tracking_uri(PATHS))
     evaluated = evaluate_model(params)
     exported = export_model(params)
+    shared = share_files(params)
 
     summary = {
         "mlflow_run_id": trained.run_id,
@@ -130,6 +138,7 @@ def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "parity_max_abs_error": exported.max_abs_error,
         "parity_provider": exported.provider,
         "promotion": exported.promotion,
+        "shared": shared,
         "health": trained.health or "healthy: the monitor found neither D winning nor mode collapse",
     }
     create_markdown_artifact(_summary_markdown(params, summary), key="train-dcgan-summary")
@@ -149,7 +158,7 @@ MLflow run `{summary["mlflow_run_id"]}`, registered model `{summary["model_uri"]
 Raw data: {summary["fetch"]}. Prepared data: {summary["prepare"]}. Classifier: {summary["classifier"]}.
 
 ONNX parity: max abs error {summary["parity_max_abs_error"]:.3g} on {summary["parity_provider"]} (passed).
-Registry: {summary["promotion"]}.
+Registry: {summary["promotion"]}. Files: {summary["shared"]}.
 
 | metric | value |
 | --- | --- |

@@ -1,0 +1,158 @@
+"""Team mode end to end, on real servers: PostgreSQL, the MLflow server with basic auth and proxied artifacts,
+the Prefect server, a process work pool with a worker, a git remote and a DVC remote (`dcgan team up`).
+
+The stack is started once for this module (`dcgan team up`, as a user types it) and stopped at the end with
+`dcgan team down`; nothing of it may be left running.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, Processes, free_port, run_cmd, user_env
+
+
+@dataclass
+class Team:
+    dir: Path
+    mlflow_url: str
+    prefect_api_url: str
+    admin_password: str
+    git_remote: Path
+    dvc_remote: Path
+
+    def client_env(self, user: str = "admin", password: str | None = None, **extra: str) -> dict[str, str]:
+        return user_env(
+            MLFLOW_TRACKING_URI=self.mlflow_url,
+            MLFLOW_TRACKING_USERNAME=user,
+            MLFLOW_TRACKING_PASSWORD=password or self.admin_password,
+            PREFECT_API_URL=self.prefect_api_url,
+            **extra,
+        )
+
+
+def _our_servers(folder: Path) -> list[str]:
+    """Processes whose command line names the stack's folder (PostgreSQL, MLflow, Prefect), as `ps` shows them."""
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in ps if str(folder) in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def team() -> Iterator[Team]:
+    # Outside pytest's temporary folders: those are closed to the postgres user that PostgreSQL runs as.
+    base = Path(tempfile.mkdtemp(prefix="dcgan-team-"))
+    base.chmod(0o755)
+    folder = base / "team"
+    ports = [free_port() for _ in range(3)]
+    command = ["dcgan", "team", "up", "--dir", str(folder), "--auth", "--postgres-port", str(ports[0])]
+    command += ["--mlflow-port", str(ports[1]), "--prefect-port", str(ports[2])]
+    try:
+        up = subprocess.run(command, env=user_env(), capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, f"dcgan team up failed:\n{up.stdout}\n{up.stderr}"
+        assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{ports[1]}" in up.stdout
+        secrets = dict(line.split("=", 1) for line in (folder / "secrets.env").read_text().splitlines()[1:])
+        assert (folder / "secrets.env").stat().st_mode & 0o777 == 0o600
+        yield Team(
+            folder,
+            f"http://127.0.0.1:{ports[1]}",
+            f"http://127.0.0.1:{ports[2]}/api",
+            secrets["MLFLOW_AUTH_ADMIN_PASSWORD"],
+            folder / "remotes" / "git",
+            folder / "remotes" / "dvc",
+        )
+    finally:
+        down = subprocess.run(["dcgan", "team", "down", "--dir", str(folder)], env=user_env(), capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        left = _our_servers(folder)
+        shutil.rmtree(base, ignore_errors=True)
+        assert down.returncode == 0, f"dcgan team down failed:\n{down.stdout}\n{down.stderr}"
+        assert not left, f"still running after `dcgan team down`: {left}"
+
+
+def test_passwords_stay_out_of_logs_and_state(team: Team) -> None:
+    secrets = [line.split("=", 1)[1] for line in (team.dir / "secrets.env").read_text().splitlines()[1:]]
+    for path in [team.dir / "state.json", *sorted((team.dir / "logs").glob("*.log"))]:
+        text = path.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], f"{path} holds a password"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not [s for s in secrets if s in ps], "a password is in a process's command line"
+
+
+def _team_repo(repo: Path, team: Team) -> None:
+    """The project as a team has it: pushed to the git remote, its data on the DVC remote."""
+    shutil.copy(REPO / "prefect.yaml", repo)
+    run_cmd(repo, "git", "remote", "add", "origin", str(team.git_remote))
+    run_cmd(repo, "dvc", "remote", "add", "-d", "team", str(team.dvc_remote))
+    run_cmd(repo, "git", "add", "-A")
+    run_cmd(repo, "git", "commit", "-qm", "team remotes, deployments")
+    run_cmd(repo, "git", "push", "-q", "origin", "main")
+    run_cmd(repo, "dvc", "push", "-q")
+
+
+def test_worker_runs_the_deployment_and_shares_its_files(
+    team: Team, repo: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _team_repo(repo, team)
+    env = team.client_env(DCGAN_GIT_REMOTE=str(team.git_remote), DCGAN_POOL="dcgan", PREFECT_HOME=str(tmp_path))
+    deploy = subprocess.run(["prefect", "--no-prompt", "deploy", "--all"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert deploy.returncode == 0, f"prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
+
+    # A worker on a "GPU machine": its own folder, the venv, the servers' URLs and its MLflow account.
+    workdir = tmp_path / "worker"
+    workdir.mkdir()
+    processes.start("worker", ["prefect", "worker", "start", "--pool", "dcgan", "--type", "process"], workdir, env)
+    overrides = json.dumps({"train.epochs": 1})
+    started = subprocess.run(
+        ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--param", f"overrides={overrides}",
+         "--watch", "--watch-timeout", "900"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=960,
+    )  # fmt: skip
+    assert started.returncode == 0, f"the flow run failed:\n{started.stdout}\n{started.stderr}\n{processes.tail()}"
+    assert "Completed" in started.stdout
+
+    # Read back through the server by a client that has no access to the artifact folder.
+    client = _client(team, monkeypatch)
+    (run,) = client.search_runs([client.get_experiment_by_name("dcgan-mnist").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    assert run.data.params["train.epochs"] == "1"
+    pictures = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"samples.png", "digits.png"} <= pictures
+    champion = client.get_model_version_by_alias("dcgan-generator", "champion")
+    assert champion.run_id == run.info.run_id
+    downloads = tmp_path / "downloads"
+    weights = Path(client.download_artifacts(run.info.run_id, "weights/generator.safetensors", str(downloads)))
+    onnx_model = Path(mlflow.artifacts.download_artifacts(f"models:/dcgan-generator/{champion.version}",
+                                                          dst_path=str(downloads / "model")))  # fmt: skip
+
+    # A teammate's fresh clone gets the run's exact files from the remotes.
+    experiment = run.data.tags["dvc.experiment"]
+    assert experiment == f"mlflow-{run.info.run_id}"
+    clone = tmp_path / "teammate"
+    plain = user_env()
+    subprocess.run(["git", "clone", "-q", str(team.git_remote), str(clone)], env=plain, check=True)
+    for command in (["dvc", "exp", "pull", "origin", experiment], ["dvc", "exp", "apply", experiment], ["dvc", "pull"]):
+        run_cmd(clone, *command)
+    assert (clone / "models" / "generator.safetensors").read_bytes() == weights.read_bytes()
+    assert (clone / "models" / "generator.onnx").read_bytes() == (onnx_model / "model.onnx").read_bytes()
+    assert "epochs: 1" in (clone / "params.yaml").read_text()
+
+
+def _client(
+    team: Team, monkeypatch: pytest.MonkeyPatch, user: str = "admin", password: str | None = None
+) -> MlflowClient:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password or team.admin_password)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.mlflow_url)
+    return MlflowClient(team.mlflow_url)
