@@ -28,6 +28,8 @@ RESUMABLE_KEYS = {
     "train.log_every",
     "train.health_window",
     "train.stop_unhealthy",
+    "train.rdzv_endpoint",
+    "train.max_restarts",
 }
 TRAINING_SECTIONS = ("seed", "data.", "model.", "train.")
 

@@ -61,6 +61,9 @@ class TrainParams(_Section):
     compile: bool = False  # torch.compile the step's networks (no gain measured on the CPU; try it on a GPU)
     nproc_per_node: int = Field(default=1, ge=1)  # > 1: `train` launches torchrun, one DDP process per device
     sync_batchnorm: bool = False  # with DDP: BatchNorm statistics over the global batch, not each rank's share
+    nnodes: int = Field(default=1, ge=1)  # > 1: hosts in one torchrun job, each running the same `dcgan train`
+    rdzv_endpoint: str | None = Field(default=None, pattern=r"^[^:\s]+:\d+$")  # HOST:PORT, the hosts' meeting point
+    max_restarts: int = Field(default=0, ge=0)  # torchrun restarts a failed job this often; it resumes from last.pt
     checkpoint_every: int = Field(default=200, ge=1)
     log_every: int = Field(default=10, ge=1)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # an average of G's weights (dcgan/ema.py); null = off
@@ -121,10 +124,17 @@ class Params(_Section):
                 "train.ema_decay needs export.bn_recalibration_batches > 0: the averaged weights need BatchNorm "
                 "statistics of their own, not those the live generator gathered"
             )
-        if self.train.batch_size % self.train.nproc_per_node:
+        processes = self.train.nproc_per_node * self.train.nnodes
+        if self.train.batch_size % processes:
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) is not divisible by train.nproc_per_node "
-                f"({self.train.nproc_per_node}): each process takes an equal share of every batch"
+                f"({self.train.nproc_per_node}) x train.nnodes ({self.train.nnodes}): each process takes an equal "
+                "share of every batch"
+            )
+        if self.train.nnodes > 1 and not self.train.rdzv_endpoint:
+            raise ValueError(
+                f"train.nnodes is {self.train.nnodes} but train.rdzv_endpoint is not set: give every host the same "
+                "HOST:PORT of the first host, e.g. -S train.rdzv_endpoint=gpu-1:29400"
             )
         return self
 

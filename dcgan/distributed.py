@@ -1,8 +1,11 @@
 """Training on several devices with PyTorch's own engine: torchrun starts one process per device, DDP keeps the
 networks in step.
 
-`train` with `train.nproc_per_node > 1` calls `launch`, which reruns `dcgan train` under torchrun with the same
-params; each process then finds its place from torchrun's environment (`Ranks.from_env`).
+`train` with `train.nproc_per_node > 1` or `train.nnodes > 1` calls `launch`, which reruns `dcgan train` under
+torchrun with the same params; each process then finds its place from torchrun's environment (`Ranks.from_env`).
+Across hosts, every host runs the same `dcgan train` and torchrun's c10d rendezvous at `train.rdzv_endpoint`
+joins them; with `train.max_restarts` torchrun restarts the whole job when a process dies, and each process
+resumes from its host's last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from dcgan.checkpoint import checkpoint_path
 from dcgan.config import Params, Paths
 from dcgan.errors import DcganError
 from dcgan.files import write_json_atomic
@@ -49,8 +53,13 @@ class Ranks:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 alone logs to MLflow and writes checkpoints, samples and weights."""
+        """Rank 0 alone logs to MLflow and measures the quick FID."""
         return self.rank == 0
+
+    @property
+    def is_node_main(self) -> bool:
+        """Local rank 0 writes its host's checkpoints, weights and reports: hosts share no disk."""
+        return self.local_rank == 0
 
     @property
     def distributed(self) -> bool:
@@ -60,18 +69,29 @@ class Ranks:
 def launch(
     params: Params, paths: Paths, run_tags: Mapping[str, str] | None, on_progress: ProgressHook | None = None
 ) -> dict[str, Any]:
-    """Run `dcgan train` under torchrun, one process per device, with these exact params; returns rank 0's result
-    (reports/train.json). `on_progress` is called with rank 0's progress, read each second while it trains."""
-    n = params.train.nproc_per_node
+    """Run `dcgan train` under torchrun, one process per device, with these exact params; returns this host's
+    result (reports/train.json). `on_progress` is called with rank 0's progress, read each second while it trains.
+    """
+    cfg = params.train
+    n = cfg.nproc_per_node
     with tempfile.TemporaryDirectory(prefix="dcgan-torchrun-") as tmp:
         params_file = Path(tmp) / "params.yaml"  # the effective params, overrides included
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
         progress = Path(tmp) / "progress.json"
         tags = [f"--tag={key}={value}" for key, value in (run_tags or {}).items()]
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
-        command += ["-m", "dcgan", "train", f"--params={params_file}", *tags]
-        log.info("launching %d training processes: %s", n, " ".join(command))
-        with subprocess.Popen(command, cwd=paths.root, env={**os.environ, PROGRESS_FILE_ENV: str(progress)}) as proc:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}"]
+        if cfg.nnodes == 1:
+            command += ["--standalone"]
+        else:  # the job's id: its training settings, the same on every host (and this host's address: $PET_LOCAL_ADDR)
+            job = checkpoint_path(params, paths).parent.name
+            command += [f"--nnodes={cfg.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}"]
+            command += [f"--rdzv-id=dcgan-{job}"]
+        command += [f"--max-restarts={cfg.max_restarts}", "-m", "dcgan", "train", f"--params={params_file}", *tags]
+        log.info("launching %d training processes on this host: %s", n, " ".join(command))
+        # A fresh store for each restart of the job: torchrun's store shared across restarts keeps the dead
+        # processes' addresses, and the restarted ones across hosts failed to connect (pytorch/pytorch#167288).
+        env = {**os.environ, PROGRESS_FILE_ENV: str(progress), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+        with subprocess.Popen(command, cwd=paths.root, env=env) as proc:
             try:
                 reported = None
                 ended = False
@@ -90,7 +110,7 @@ def launch(
                 raise
     if proc.returncode:
         raise DcganError(
-            f"torchrun with {n} training processes failed (exit {proc.returncode}): see their errors above"
+            f"torchrun with {n} training processes on this host failed (exit {proc.returncode}): see their errors above"
         )
     result: dict[str, Any] = json.loads((paths.reports / "train.json").read_text())
     return result
@@ -126,11 +146,25 @@ def mean(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
 
 def share(value: str, ranks: Ranks) -> str:
     """Rank 0's `value`, on every rank."""
+    return str(share_object(value, ranks))
+
+
+def share_object(value: Any, ranks: Ranks) -> Any:
+    """Rank 0's `value` (tensors and containers, sent between our own processes), on every rank."""
     if not ranks.distributed:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
-    return str(box[0])
+    return box[0]
+
+
+def check_same_step(step: int, ranks: Ranks, checkpoint: Path) -> None:
+    """Every process resumes from the same step: each host read its own checkpoint."""
+    if ranks.distributed and (theirs := int(share(str(step), ranks))) != step:
+        raise DcganError(
+            f"{checkpoint}: holds step {step} on this host but step {theirs} on rank 0's: a host died between two "
+            "hosts' checkpoint writes. Copy rank 0's host's models/checkpoints here, then start again"
+        )
 
 
 def broadcast_buffers(networks: Sequence[nn.Module], ranks: Ranks) -> None:

@@ -5,8 +5,9 @@ data/prepared/train.safetensors -> models/{generator,discriminator}.safetensors
                                    reports/losses.csv           (per-step losses, a DVC plot)
                                    reports/train.json           (the TrainResult, a DVC metric)
 
-With `train.nproc_per_node > 1` it runs under torchrun (dcgan/distributed.py): each process takes its share of
-every batch and DDP averages the gradients; rank 0 alone writes files and logs to MLflow.
+With `train.nproc_per_node > 1` or `train.nnodes > 1` it runs under torchrun (dcgan/distributed.py): each process
+takes its share of every batch and DDP averages the gradients; rank 0 alone logs to MLflow, and each host's local
+rank 0 writes that host's checkpoints, weights and reports.
 """
 
 from __future__ import annotations
@@ -183,12 +184,13 @@ def train(
     """
     cfg = params.train
     ranks = Ranks.from_env()
-    if cfg.nproc_per_node > 1 and not ranks.distributed:
+    if (cfg.nproc_per_node > 1 or cfg.nnodes > 1) and not ranks.distributed:
         return TrainResult(**distributed.launch(params, paths, run_tags, on_progress))
-    if ranks.world_size != cfg.nproc_per_node:
+    if ranks.world_size != cfg.nproc_per_node * cfg.nnodes:
         raise DcganError(
-            f"train.nproc_per_node is {cfg.nproc_per_node} but torchrun started {ranks.world_size} processes: "
-            f"set -S train.nproc_per_node={ranks.world_size}, or run `dcgan train` and let it launch torchrun"
+            f"train.nproc_per_node is {cfg.nproc_per_node} on {cfg.nnodes} host(s) but torchrun started "
+            f"{ranks.world_size} processes: set -S train.nproc_per_node=... and -S train.nnodes=... to match, or run "
+            "`dcgan train` and let it launch torchrun"
         )
     device = resolve_device(cfg.device, ranks.local_rank)
     if ranks.distributed:
@@ -223,7 +225,7 @@ def train(
 
     step, run_id = 0, None
     last = checkpoint_path(params, paths)
-    if ranks.is_main:
+    if ranks.is_node_main:
         remove_leftovers(last)
     if last.exists():
         state = load_checkpoint(last)
@@ -253,6 +255,7 @@ def train(
             history[:step] = state["history"]
             fids, best = [(int(s), f) for s, f in state["fids"].tolist()], state["best"]
             log.warning("%s: resuming at step %d of %d", last, step, total_steps)
+    distributed.check_same_step(step, ranks, last)
     resumed_from = checkpointed = step
 
     def checkpoint() -> None:
@@ -331,7 +334,7 @@ def train(
                         best = {"step": step, "fid": fid, "generator": _cpu_copy(kept)}
                     log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
                 if checkpoint_due:
-                    if ranks.is_main:
+                    if ranks.is_node_main:
                         checkpoint()
                     checkpointed = step
                 # Every rank stops with rank 0, which alone runs the quick evaluation.
@@ -345,34 +348,52 @@ def train(
         distributed.check_identical([generator, discriminator], ranks)
         trained = step - first_step
         images_per_second = trained * cfg.batch_size / (time.perf_counter() - started) if trained else 0.0
-        chosen = best or {"step": step, "fid": None, "generator": _cpu_copy(kept)}
+        # Rank 0's choice (it alone measured the quick FID), so that every host saves the same generator.
+        chosen = distributed.share_object(best or {"step": step, "fid": None, "generator": _cpu_copy(kept)}, ranks)
         history = history[:step]  # less than the schedule when stopped early
         final = dict(zip(METRICS, history[-1].tolist(), strict=True))
-        finding = str(health) if health else None
+        finding = distributed.share(str(health or ""), ranks) or None
         result = TrainResult(
             run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"], finding
         )
+        if ranks.is_node_main:
+            save_outputs(paths, params, result, chosen["generator"], _cpu_copy(discriminator), history, fids)
         if ranks.is_main:
-            if trained:
-                mlflow.log_metric("images_per_second", images_per_second, step=step)
-            save_weights(paths, chosen["generator"], _cpu_copy(discriminator), params, chosen["step"])
-            write_csv(
-                paths.reports / "losses.csv",
-                ["step", *METRICS],
-                ((s, *row) for s, row in enumerate(history.tolist(), 1)),
-            )
-            write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
-            if chosen["fid"] is not None:
-                mlflow.log_metrics({"best_fid_quick": chosen["fid"], "best_step": chosen["step"]})
-            if health is None:
-                mlflow.set_tag("health", "healthy")
-                mlflow.log_metric("unhealthy", 0, step=step)
-            for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
-                mlflow.log_artifact(str(path), artifact_path="weights")
-            write_json_atomic(paths.reports / "train.json", dataclasses.asdict(result))
+            log_outputs(paths, result, trained, healthy=health is None)
     if ranks.distributed:
         torch.distributed.destroy_process_group()
     return result
+
+
+def save_outputs(
+    paths: Paths,
+    params: Params,
+    result: TrainResult,
+    generator: dict[str, torch.Tensor],
+    discriminator: dict[str, torch.Tensor],
+    history: torch.Tensor,
+    fids: list[tuple[int, float]],
+) -> None:
+    """The chosen generator and the last discriminator, the per-step losses, the quick FIDs, the result."""
+    save_weights(paths, generator, discriminator, params, result.best_step)
+    write_csv(
+        paths.reports / "losses.csv", ["step", *METRICS], ((s, *row) for s, row in enumerate(history.tolist(), 1))
+    )
+    write_csv(paths.reports / "fid.csv", ["step", "fid_quick"], fids)
+    write_json_atomic(paths.reports / "train.json", dataclasses.asdict(result))
+
+
+def log_outputs(paths: Paths, result: TrainResult, trained: int, healthy: bool) -> None:
+    """The run's closing metrics, its health when nothing was found, and the saved weights."""
+    if trained:
+        mlflow.log_metric("images_per_second", result.images_per_second, step=result.steps)
+    if result.best_fid is not None:
+        mlflow.log_metrics({"best_fid_quick": result.best_fid, "best_step": result.best_step})
+    if healthy:
+        mlflow.set_tag("health", "healthy")
+        mlflow.log_metric("unhealthy", 0, step=result.steps)
+    for path in (paths.models / "generator.safetensors", paths.models / "discriminator.safetensors"):
+        mlflow.log_artifact(str(path), artifact_path="weights")
 
 
 def report_unhealthy(finding: Finding, ranks: Ranks) -> Finding:

@@ -50,12 +50,13 @@ def test_nproc_per_node_2_launches_torchrun_with_one_run_and_one_checkpoint(
 
 def test_a_world_size_that_params_do_not_name_is_refused(project: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(DcganError, match="train.nproc_per_node is 1 but torchrun started 4 processes"):
+    with pytest.raises(DcganError, match="train.nproc_per_node is 1 on 1 host\(s\) but torchrun started 4 processes"):
         train(tiny, project)
 
 
 def test_the_batch_must_split_evenly(project: Paths):
-    with pytest.raises(ParamsError, match=r"batch_size \(32\) is not divisible by train.nproc_per_node \(3\)"):
+    split = r"batch_size \(32\) is not divisible by train.nproc_per_node \(3\) x train.nnodes \(1\)"
+    with pytest.raises(ParamsError, match=split):
         write_params(project.root, **{"train.nproc_per_node": 3})
 
 
