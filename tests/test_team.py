@@ -8,17 +8,27 @@ The stack is started once for this module (`dcgan team up`, as a user types it) 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
+from dcgan.classifier import train_classifier
+from dcgan.config import Params, Paths
+from dcgan.data import prepare
+from dcgan.errors import AuthError
+from dcgan.team.stack import load
+from flows.train_dcgan import is_transient
 from tests.conftest import REPO, Processes, free_port, run_cmd, user_env
 
 
@@ -156,3 +166,79 @@ def _client(
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password or team.admin_password)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.mlflow_url)
     return MlflowClient(team.mlflow_url)
+
+
+class _Failed:
+    """A task run's state whose result raises `error`, as Prefect hands it to a retry condition."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def result(self) -> None:
+        raise self.error
+
+
+def _train(team: Team, project: Path, user: str, password: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`dcgan train` in `project` as an MLflow user of the team server."""
+    args = ["dcgan", "train", *[f"-S{o}" for o in overrides]]
+    env = user_env(
+        MLFLOW_TRACKING_URI=team.mlflow_url, MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password
+    )
+    return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def prepared(project: Paths, tiny: Params) -> Path:
+    prepare(tiny, project)
+    train_classifier(tiny, project)
+    return project.root
+
+
+def test_a_wrong_password_is_an_auth_error_never_retried(team: Team, prepared: Path) -> None:
+    started = time.monotonic()
+    result = _train(team, prepared, "admin", "not-the-password")
+    assert result.returncode == 1
+    assert "rejected the credentials (HTTP 401" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60  # no retries with backoff
+    assert not is_transient(None, None, _Failed(AuthError("401")))  # and the flow's tasks do not retry it
+
+
+def test_a_user_without_permission_gets_a_403_named_as_such(
+    team: Team, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _client(team, monkeypatch)  # as the admin: the experiment exists, and a user who may only read it
+    if mlflow.get_experiment_by_name("dcgan-mnist") is None:
+        mlflow.create_experiment("dcgan-mnist")
+    auth = get_app_client("basic-auth", tracking_uri=team.mlflow_url)
+    auth.create_user("reader", "reader-password-1")
+    result = _train(team, prepared, "reader", "reader-password-1")
+    assert result.returncode == 1
+    assert "refused user reader permission (HTTP 403" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_postgresql_restart_mid_run_is_survived(team: Team, prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = load(team.dir)
+    env = team.client_env()
+    proc = subprocess.Popen(["dcgan", "train", "-Strain.epochs=40"], cwd=prepared, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        checkpoints = Paths(prepared).checkpoints
+        deadline = time.monotonic() + 300
+        while not list(checkpoints.glob("*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, "training ended before PostgreSQL could be restarted"
+        stack.cluster.restart()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads((Paths(prepared).reports / "train.json").read_text())
+    client = _client(team, monkeypatch)
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    assert len(client.get_metric_history(result["run_id"], "loss_d")) == result["steps"] == 320
+    # The Prefect server answers again too.
+    pools = subprocess.run(["prefect", "work-pool", "ls"], env=env, capture_output=True, text=True, timeout=120)
+    assert pools.returncode == 0 and "dcgan" in pools.stdout, pools.stdout + pools.stderr
