@@ -7,8 +7,10 @@ The stack is started once for this module (`dcgan team up`, as a user types it) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 from mlflow.server import get_app_client
@@ -109,19 +112,29 @@ def _team_repo(repo: Path, team: Team) -> None:
     run_cmd(repo, "dvc", "push", "-q")
 
 
-def test_worker_runs_the_deployment_and_shares_its_files(
-    team: Team, repo: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _deploy(team: Team, repo: Path, tmp_path: Path) -> dict[str, str]:
+    """`prefect deploy --all` from the team's repo; returns the environment of the deploying user's shell."""
     _team_repo(repo, team)
     env = team.client_env(DCGAN_GIT_REMOTE=str(team.git_remote), DCGAN_POOL="dcgan", PREFECT_HOME=str(tmp_path))
     deploy = subprocess.run(["prefect", "--no-prompt", "deploy", "--all"], cwd=repo, env=env, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, f"prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
+    return env
 
-    # A worker on a "GPU machine": its own folder, the venv, the servers' URLs and its MLflow account.
-    workdir = tmp_path / "worker"
-    workdir.mkdir()
-    processes.start("worker", ["prefect", "worker", "start", "--pool", "dcgan", "--type", "process"], workdir, env)
+
+def _start_worker(folder: Path, env: dict[str, str], processes: Processes, name: str = "worker") -> subprocess.Popen:
+    """A worker on a "GPU machine": its own folder (with the `workspace` prefect.yaml names), the venv, the
+    servers' URLs and its MLflow account; one flow run at a time."""
+    (folder / "workspace").mkdir(parents=True, exist_ok=True)
+    command = ["prefect", "worker", "start", "--pool", "dcgan", "--type", "process", "--limit", "1"]
+    return processes.start(name, command, folder, env)
+
+
+def test_worker_runs_the_deployment_and_shares_its_files(
+    team: Team, repo: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _deploy(team, repo, tmp_path)
+    _start_worker(tmp_path / "worker", env, processes)
     overrides = json.dumps({"train.epochs": 1})
     started = subprocess.run(
         ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--param", f"overrides={overrides}",
@@ -242,3 +255,57 @@ def test_a_postgresql_restart_mid_run_is_survived(team: Team, prepared: Path, mo
     # The Prefect server answers again too.
     pools = subprocess.run(["prefect", "work-pool", "ls"], env=env, capture_output=True, text=True, timeout=120)
     assert pools.returncode == 0 and "dcgan" in pools.stdout, pools.stdout + pools.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:
+            continue
+        found += children
+        todo += children
+    return found
+
+
+def _flow_run_state(team: Team, flow_run_id: str) -> str:
+    return httpx.get(f"{team.prefect_api_url}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
+
+
+def test_a_killed_worker_leaves_a_crashed_run_and_the_next_run_resumes(
+    team: Team, repo: Path, tmp_path: Path, processes: Processes
+) -> None:
+    env = _deploy(team, repo, tmp_path)
+    machine = tmp_path / "gpu-machine"
+    worker = _start_worker(machine, env, processes)
+    run = ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--param", 'overrides={"train.epochs": 20}']
+    started = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)  # type: ignore[union-attr]
+
+    # The machine goes away mid-training: the worker and the flow run's processes, all at once.
+    checkpoints = machine / "workspace" / "dcgan" / "models" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("*/last.pt")) and time.monotonic() < deadline:
+        assert worker.poll() is None, processes.tail()
+        time.sleep(0.5)
+    for pid in [worker.pid, *_descendants(worker.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    worker.wait()
+
+    # No heartbeat: Prefect marks the run Crashed (dcgan/team/automations.yaml).
+    deadline = time.monotonic() + 300
+    while _flow_run_state(team, flow_run_id) != "CRASHED" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert _flow_run_state(team, flow_run_id) == "CRASHED"
+
+    # The machine is back; the next run of the deployment resumes from the checkpoint left in its workspace.
+    _start_worker(machine, env, processes, name="worker-again")
+    again = subprocess.run([*run, "--watch", "--watch-timeout", "900"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=960)  # fmt: skip
+    assert again.returncode == 0, f"{again.stdout}\n{again.stderr}\n{processes.tail()}"
+    result = json.loads((machine / "workspace" / "dcgan" / "reports" / "train.json").read_text())
+    assert result["resumed_from"] > 0 and result["steps"] == 20 * 8

@@ -27,6 +27,8 @@ from dcgan.team.postgres import Cluster, write_passfile
 log = logging.getLogger(__name__)
 
 STARTUP_S = 300  # a new Prefect server first builds its database: 20-60 s on a busy 2-core machine
+# Prefect automations created with the pool, once: the one that marks silent flow runs Crashed.
+AUTOMATIONS, CRASH_SILENT_RUNS = Path(__file__).with_name("automations.yaml"), "dcgan-crash-silent-flow-runs"
 ADMIN = "admin"  # MLflow's basic-auth administrator
 # The secrets, by the environment variable that sets them; generated into secrets.env when unset.
 SECRETS = {
@@ -194,14 +196,23 @@ def _start_prefect(stack: Stack) -> int:
 
 
 def _create_pool(stack: Stack) -> None:
+    """The process work pool, its concurrency limit, and the automation that marks dead flow runs Crashed."""
     env = server_env(stack) | {"PREFECT_API_URL": stack.prefect_api_url, "PREFECT_HOME": str(stack.dir / "prefect")}
     for command in (
         ["work-pool", "create", stack.pool, "--type", "process", "--overwrite"],
         ["work-pool", "set-concurrency-limit", stack.pool, str(stack.pool_concurrency)],
     ):
-        result = subprocess.run([_bin("prefect"), *command], env=env, capture_output=True, text=True, timeout=120)
-        if result.returncode:
-            raise DcganError(f"`prefect {' '.join(command)}` failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+        _prefect(command, env)
+    existing = httpx.post(f"{stack.prefect_api_url}/automations/filter", json={}, timeout=30).json()
+    if CRASH_SILENT_RUNS not in {automation["name"] for automation in existing}:
+        _prefect(["automation", "create", "--from-file", str(AUTOMATIONS)], env)
+
+
+def _prefect(command: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run([_bin("prefect"), *command], env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode:
+        raise DcganError(f"`prefect {' '.join(command)}` failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+    return result.stdout
 
 
 def _spawn(name: str, command: list[str], env: dict[str, str], stack: Stack) -> int:
