@@ -25,7 +25,7 @@ endif
 WEB_MODEL ?= models:/dcgan-generator@champion
 WEB_PORT ?= 8000
 
-.PHONY: setup lock run repro prefect-server serve web system-deps test lint audit clean
+.PHONY: setup lock run repro prefect-server serve team-up team-down worker web system-deps test lint audit clean
 
 # The exact versions in requirements.lock, so every machine and every `dvc repro` runs the same stack.
 setup: $(VENV)/.installed
@@ -66,6 +66,22 @@ prefect-server: setup
 # Serves the train-dcgan deployment against that server: `prefect deployment run train-dcgan/train-dcgan`.
 serve: setup
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.serve
+
+# Team mode (docs/team.md). On the server machine: PostgreSQL, the MLflow server (TEAM_FLAGS=--auth for users and
+# passwords; --host 0.0.0.0 to serve other machines) and the Prefect server with its work pool, in .team/.
+TEAM_FLAGS ?=
+team-up: setup
+	dcgan team up $(TEAM_FLAGS)
+
+team-down: setup
+	dcgan team down
+
+# On each GPU machine, with PREFECT_API_URL, MLFLOW_TRACKING_URI and the machine's MLflow account set: a worker
+# that runs the pool's flow runs, one at a time, in worker/workspace (kept: a run after a crash resumes there).
+POOL ?= dcgan
+worker: setup
+	mkdir -p worker/workspace
+	cd worker && prefect worker start --pool $(POOL) --type process --limit 1
 
 # The champion in the browser: build the page (onnxruntime-web, no server-side inference), serve it on 127.0.0.1.
 web: setup

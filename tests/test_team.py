@@ -101,10 +101,10 @@ def test_passwords_stay_out_of_logs_and_state(team: Team) -> None:
     assert not [s for s in secrets if s in ps], "a password is in a process's command line"
 
 
-def _team_repo(repo: Path, team: Team) -> None:
+def _team_repo(repo: Path, team: Team, git_remote: Path) -> None:
     """The project as a team has it: pushed to the git remote, its data on the DVC remote."""
     shutil.copy(REPO / "prefect.yaml", repo)
-    run_cmd(repo, "git", "remote", "add", "origin", str(team.git_remote))
+    run_cmd(repo, "git", "remote", "add", "origin", str(git_remote))
     run_cmd(repo, "dvc", "remote", "add", "-d", "team", str(team.dvc_remote))
     run_cmd(repo, "git", "add", "-A")
     run_cmd(repo, "git", "commit", "-qm", "team remotes, deployments")
@@ -112,10 +112,10 @@ def _team_repo(repo: Path, team: Team) -> None:
     run_cmd(repo, "dvc", "push", "-q")
 
 
-def _deploy(team: Team, repo: Path, tmp_path: Path) -> dict[str, str]:
+def _deploy(team: Team, repo: Path, tmp_path: Path, git_remote: Path) -> dict[str, str]:
     """`prefect deploy --all` from the team's repo; returns the environment of the deploying user's shell."""
-    _team_repo(repo, team)
-    env = team.client_env(DCGAN_GIT_REMOTE=str(team.git_remote), DCGAN_POOL="dcgan", PREFECT_HOME=str(tmp_path))
+    _team_repo(repo, team, git_remote)
+    env = team.client_env(DCGAN_GIT_REMOTE=str(git_remote), DCGAN_POOL="dcgan", PREFECT_HOME=str(tmp_path))
     deploy = subprocess.run(["prefect", "--no-prompt", "deploy", "--all"], cwd=repo, env=env, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, f"prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}"
@@ -133,7 +133,7 @@ def _start_worker(folder: Path, env: dict[str, str], processes: Processes, name:
 def test_worker_runs_the_deployment_and_shares_its_files(
     team: Team, repo: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = _deploy(team, repo, tmp_path)
+    env = _deploy(team, repo, tmp_path, team.git_remote)
     _start_worker(tmp_path / "worker", env, processes)
     overrides = json.dumps({"train.epochs": 1})
     started = subprocess.run(
@@ -234,7 +234,7 @@ def test_a_user_without_permission_gets_a_403_named_as_such(
 def test_a_postgresql_restart_mid_run_is_survived(team: Team, prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = load(team.dir)
     env = team.client_env()
-    proc = subprocess.Popen(["dcgan", "train", "-Strain.epochs=40"], cwd=prepared, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dcgan", "train", "-Strain.epochs=20"], cwd=prepared, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         checkpoints = Paths(prepared).checkpoints
@@ -251,7 +251,7 @@ def test_a_postgresql_restart_mid_run_is_survived(team: Team, prepared: Path, mo
     result = json.loads((Paths(prepared).reports / "train.json").read_text())
     client = _client(team, monkeypatch)
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
-    assert len(client.get_metric_history(result["run_id"], "loss_d")) == result["steps"] == 320
+    assert len(client.get_metric_history(result["run_id"], "loss_d")) == result["steps"] == 160
     # The Prefect server answers again too.
     pools = subprocess.run(["prefect", "work-pool", "ls"], env=env, capture_output=True, text=True, timeout=120)
     assert pools.returncode == 0 and "dcgan" in pools.stdout, pools.stdout + pools.stderr
@@ -275,9 +275,11 @@ def _flow_run_state(team: Team, flow_run_id: str) -> str:
 
 
 def test_a_killed_worker_leaves_a_crashed_run_and_the_next_run_resumes(
-    team: Team, repo: Path, tmp_path: Path, processes: Processes
+    team: Team, repo: Path, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = _deploy(team, repo, tmp_path)
+    git_remote = tmp_path / "another-project.git"  # not the stack's remote, which the other test's project holds
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(git_remote)], check=True)
+    env = _deploy(team, repo, tmp_path, git_remote)
     machine = tmp_path / "gpu-machine"
     worker = _start_worker(machine, env, processes)
     run = ["prefect", "deployment", "run", "train-dcgan/train-dcgan", "--param", 'overrides={"train.epochs": 20}']
@@ -309,3 +311,7 @@ def test_a_killed_worker_leaves_a_crashed_run_and_the_next_run_resumes(
     assert again.returncode == 0, f"{again.stdout}\n{again.stderr}\n{processes.tail()}"
     result = json.loads((machine / "workspace" / "dcgan" / "reports" / "train.json").read_text())
     assert result["resumed_from"] > 0 and result["steps"] == 20 * 8
+    # Into the MLflow run the checkpoint names: it holds the steps from before the crash and after it.
+    client = _client(team, monkeypatch)
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(result["run_id"], "loss_d")}) == list(range(1, 161))
