@@ -24,6 +24,11 @@ class Ema(Generic[Net]):
         self.module = copy.deepcopy(net).requires_grad_(False)
         self.decay, self.warmup = decay, warmup
 
+    def settled(self, step: int) -> bool:
+        """Whether the average has left the first weights behind: a full horizon after the warm-up. Before that
+        it is a blur of early generators, which the training-health monitor must not take for mode collapse."""
+        return step >= self.warmup + round(1 / (1 - self.decay))
+
     def decay_at(self, step: int) -> float:
         """The decay of the update after `step` steps (1, 2, ...)."""
         return self.decay ** (self.warmup / step) if step < self.warmup else self.decay

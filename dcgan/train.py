@@ -328,7 +328,8 @@ def train(
                     fid, coverage = fid_tracker.quick(kept)
                     fids.append((step, fid))
                     mlflow.log_metric("fid_quick", fid, step=step)
-                    if health is None and coverage and (found := mode_collapse(coverage, step)):
+                    settled = ema is None or ema.settled(step)  # an average still full of the first weights
+                    if health is None and coverage and settled and (found := mode_collapse(coverage, step)):
                         health = report_unhealthy(found, ranks)
                     if best is None or fid < best["fid"]:
                         best = {"step": step, "fid": fid, "generator": _cpu_copy(kept)}

@@ -178,6 +178,8 @@ def _client(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password or team.admin_password)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.mlflow_url)
+    # The global one too (and so the registry's): earlier tests in this process pointed it at their own stores.
+    mlflow.set_tracking_uri(team.mlflow_url)
     return MlflowClient(team.mlflow_url)
 
 
@@ -220,9 +222,9 @@ def test_a_wrong_password_is_an_auth_error_never_retried(team: Team, prepared: P
 def test_a_user_without_permission_gets_a_403_named_as_such(
     team: Team, prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _client(team, monkeypatch)  # as the admin: the experiment exists, and a user who may only read it
-    if mlflow.get_experiment_by_name("dcgan-mnist") is None:
-        mlflow.create_experiment("dcgan-mnist")
+    admin = _client(team, monkeypatch)  # as the admin: the experiment exists, and a user who may only read it
+    if admin.get_experiment_by_name("dcgan-mnist") is None:
+        admin.create_experiment("dcgan-mnist")
     auth = get_app_client("basic-auth", tracking_uri=team.mlflow_url)
     auth.create_user("reader", "reader-password-1")
     result = _train(team, prepared, "reader", "reader-password-1")
