@@ -111,7 +111,7 @@ def share_files(params: Params) -> str:
 @flow(name="train-dcgan", log_prints=True)
 def train_dcgan(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fetch and prepare the data set (MNIST unless data.dataset says otherwise), train the classifier and the
-    DCGAN, evaluate, export to ONNX and register.
+    DCGAN, evaluate, export to ONNX and register; with a DVC remote, push the run's files (a DVC experiment).
 
     `overrides` maps dotted params.yaml keys to values, e.g. {"train.epochs": 1}.
     """
