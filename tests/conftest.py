@@ -180,6 +180,20 @@ class Processes:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, children first, as /proc lists them now."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:
+            continue
+        found += children
+        todo += children
+    return found
+
+
 def wait_until(check, what: str, procs: Processes, timeout: float = STARTUP_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

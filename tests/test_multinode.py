@@ -22,7 +22,7 @@ from dcgan.config import Paths, load_params
 from dcgan.data import prepare
 from dcgan.tracking import experiment_name
 
-from .conftest import TINY, Processes, user_env, write_params
+from .conftest import TINY, Processes, descendants, user_env, write_params
 
 SUBNET = "10.213.7"
 PORT = 29400
@@ -89,21 +89,14 @@ def _wait(started: list, procs: Processes, timeout: float = 300) -> None:
 
 def _training_processes(pid: int) -> list[int]:
     """The `dcgan train` workers torchrun started under `pid` (not the launcher, not torchrun)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
+    found = []
+    for child in descendants(pid):
         try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        for child in map(int, children):
-            todo.append(child)
-            try:
-                args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--params" in b" ".join(args) and b"torch.distributed.run" not in args:
-                found.append(child)
+        if b"--params" in b" ".join(args) and b"torch.distributed.run" not in args:
+            found.append(child)
     return found
 
 

@@ -32,7 +32,7 @@ from dcgan.data import prepare
 from dcgan.errors import AuthError
 from dcgan.team.stack import load
 from flows.train_dcgan import is_transient
-from tests.conftest import REPO, Processes, free_port, run_cmd, user_env
+from tests.conftest import REPO, Processes, descendants, free_port, run_cmd, user_env
 
 
 @dataclass
@@ -259,19 +259,6 @@ def test_a_postgresql_restart_mid_run_is_survived(team: Team, prepared: Path, mo
     assert pools.returncode == 0 and "dcgan" in pools.stdout, pools.stdout + pools.stderr
 
 
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-        except OSError:
-            continue
-        found += children
-        todo += children
-    return found
-
-
 def _flow_run_state(team: Team, flow_run_id: str) -> str:
     return httpx.get(f"{team.prefect_api_url}/flow_runs/{flow_run_id}", timeout=30).json()["state"]["type"]
 
@@ -295,7 +282,7 @@ def test_a_killed_worker_leaves_a_crashed_run_and_the_next_run_resumes(
     while not list(checkpoints.glob("*/last.pt")) and time.monotonic() < deadline:
         assert worker.poll() is None, processes.tail()
         time.sleep(0.5)
-    for pid in [worker.pid, *_descendants(worker.pid)]:
+    for pid in [worker.pid, *descendants(worker.pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     worker.wait()

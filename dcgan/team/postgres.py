@@ -80,9 +80,10 @@ class Cluster:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         roles = sorted(set(DATABASES.values()))
+        quoted = {role: passwords[role].replace("'", "''") for role in roles}  # a password set by hand may hold '
         statements = [
             f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$;\n"
-            f"ALTER ROLE {role} PASSWORD '{passwords[role]}';"
+            f"ALTER ROLE {role} PASSWORD '{quoted[role]}';"
             for role in roles
         ]
         self.sql("\n".join(statements))
@@ -96,10 +97,6 @@ class Cluster:
         args = ["-h", str(self.data), "-p", str(self.port), "-U", self.superuser, "-d", "postgres"]
         args += ["-v", "ON_ERROR_STOP=1", "-q", "-X", *(["-A", "-t"] if csv else []), "-f", "-"]
         return self._run("psql", *args, stdin=statements).stdout
-
-    def running(self) -> bool:
-        command = [str(bindir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"]
-        return subprocess.run(command).returncode == 0
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

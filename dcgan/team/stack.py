@@ -127,8 +127,8 @@ def up(stack: Stack) -> Stack:
         stack.pids["mlflow"] = _start_mlflow(stack, passwords)
         stack.pids["prefect"] = _start_prefect(stack)
         _save(stack)
-        _wait(f"{stack.mlflow_url}/health", "the MLflow server", stack)
-        _wait(f"{stack.prefect_api_url}/health", "the Prefect server", stack)
+        _wait("mlflow", f"{stack.mlflow_url}/health", stack)
+        _wait("prefect", f"{stack.prefect_api_url}/health", stack)
         _create_pool(stack)
     except BaseException:
         down(stack)
@@ -221,7 +221,8 @@ def _spawn(name: str, command: list[str], env: dict[str, str], stack: Stack) -> 
     return proc.pid
 
 
-def _wait(url: str, what: str, stack: Stack) -> None:
+def _wait(name: str, url: str, stack: Stack) -> None:
+    """Until the server `name` answers at `url`; fails with its log's tail if it dies or the time runs out."""
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         try:
@@ -232,9 +233,9 @@ def _wait(url: str, what: str, stack: Stack) -> None:
         if not all(_alive(pid) for pid in stack.pids.values()):
             break
         time.sleep(1)
-    name = "mlflow" if "MLflow" in what else "prefect"
-    tail = (stack.dir / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
-    raise DcganError(f"{what} did not answer at {url}: see {stack.dir / 'logs' / name}.log:\n{tail}")
+    log_file = stack.dir / "logs" / f"{name}.log"
+    tail = log_file.read_text(errors="replace")[-2000:]
+    raise DcganError(f"the {name} server did not answer at {url}: see {log_file}:\n{tail}")
 
 
 def _stop_group(pid: int) -> None:
