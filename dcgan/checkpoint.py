@@ -61,10 +61,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def training_settings(flat_params: dict[str, Any]) -> dict[str, Any]:
+    # A decaying learning rate is a function of the run's length: there, more epochs are another run.
+    resumable = (
+        RESUMABLE_KEYS - {"train.epochs"} if flat_params.get("train.lr_decay_start") is not None else RESUMABLE_KEYS
+    )
     return {
-        key: value
-        for key, value in flat_params.items()
-        if key.startswith(TRAINING_SECTIONS) and key not in RESUMABLE_KEYS
+        key: value for key, value in flat_params.items() if key.startswith(TRAINING_SECTIONS) and key not in resumable
     }
 
 

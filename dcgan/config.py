@@ -53,6 +53,8 @@ class TrainParams(_Section):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=0.0002, gt=0)
+    # The fraction of the run after which both rates fall linearly towards zero at its last step; null = constant
+    lr_decay_start: float | None = Field(default=None, ge=0, lt=1)
     # YAML has no tuple: accept the list it gives.
     betas: tuple[float, float] = Field(default=(0.5, 0.99), strict=False)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -68,7 +70,7 @@ class TrainParams(_Section):
     log_every: int = Field(default=10, ge=1)
     ema_decay: float | None = Field(default=None, gt=0, lt=1)  # an average of G's weights (dcgan/ema.py); null = off
     ema_warmup: int = Field(default=0, ge=0)  # steps over which the average's horizon ramps up
-    health_window: int = Field(default=50, ge=0)  # steps the training-health monitor looks back (dcgan/health.py)
+    health_window: int = Field(default=300, ge=0)  # steps the training-health monitor looks back (dcgan/health.py)
     stop_unhealthy: bool = False  # stop at the end of the epoch in which the monitor found a failure
 
     @field_validator("betas")

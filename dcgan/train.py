@@ -32,14 +32,14 @@ from tqdm import tqdm
 
 from dcgan import distributed, tracking
 from dcgan.checkpoint import checkpoint_path, load_checkpoint, resume_mismatch, save_checkpoint
-from dcgan.config import Params, Paths
+from dcgan.config import Params, Paths, TrainParams
 from dcgan.data import epoch_order, load_prepared
 from dcgan.distributed import ProgressHook, Ranks
 from dcgan.ema import Ema
 from dcgan.errors import CheckpointError, DcganError, TrainingDiverged
 from dcgan.evaluate import FidTracker
 from dcgan.files import remove_leftovers, write_bytes_atomic, write_json_atomic
-from dcgan.health import Finding, discriminator_winning, mode_collapse
+from dcgan.health import Finding, Monitor
 from dcgan.models import Discriminator, Generator, build_models
 from dcgan.pictures import sample_grid
 from dcgan.tensors import save_tensors
@@ -171,6 +171,15 @@ def train_step(nets: Nets, real: torch.Tensor, z: torch.Tensor, dtype: torch.dty
     return torch.stack([loss_d.detach(), loss_g.detach(), d_real, d_fake]).float()
 
 
+def learning_rate(cfg: TrainParams, step: int, total_steps: int) -> float:
+    """The rate of the step after `step` steps: the seed's constant `train.lr`, or with `train.lr_decay_start`
+    constant until that fraction of the run, then falling linearly to lr / (steps left) at the last step."""
+    if cfg.lr_decay_start is None:
+        return cfg.lr
+    decay_from = round(cfg.lr_decay_start * total_steps)
+    return cfg.lr * min(1.0, (total_steps - step) / max(1, total_steps - decay_from))
+
+
 def train(
     params: Params,
     paths: Paths,
@@ -221,7 +230,7 @@ def train(
     fid_tracker = FidTracker(params, paths, device) if params.evaluate.every_epochs and ranks.is_main else None
     fids: list[tuple[int, float]] = []  # (step, quick FID)
     best: dict[str, Any] | None = None  # {"step", "fid", "generator": state dict on the CPU}
-    health: Finding | None = None  # the first failure the training-health monitor found
+    health = Monitor(cfg.health_window, judged_by_fid=fid_tracker is not None)  # the training-health monitor
 
     step, run_id = 0, None
     last = checkpoint_path(params, paths)
@@ -295,6 +304,8 @@ def train(
                     order = epoch_order(len(images), params.seed, epoch).to(device)
                 real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size][share]]  # B/world x C x S x S
                 z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)[share]
+                for group in (*nets.opt_g.param_groups, *nets.opt_d.param_groups):
+                    group["lr"] = learning_rate(cfg, step, total_steps)
                 pending.append(train_step(nets, real, z, dtype))
                 step += 1
                 if ema:
@@ -310,8 +321,8 @@ def train(
                     pending.clear()
                     check_finite(values, first, last, checkpointed)
                     history[first:step] = values
-                    if health is None and (found := discriminator_winning(history, step, cfg.health_window)):
-                        health = report_unhealthy(found, ranks)
+                    if found := health.losses(history, step):
+                        report_unhealthy(found, ranks)
                     rows = [(first + 1 + k, dict(zip(METRICS, v, strict=True))) for k, v in enumerate(values.tolist())]
                     if ranks.is_main:
                         tracking.log_step_metrics(run_id, rows)
@@ -329,8 +340,9 @@ def train(
                     fids.append((step, fid))
                     mlflow.log_metric("fid_quick", fid, step=step)
                     settled = ema is None or ema.settled(step)  # an average still full of the first weights
-                    if health is None and coverage and settled and (found := mode_collapse(coverage, step)):
-                        health = report_unhealthy(found, ranks)
+                    best_before = best["fid"] if best else None
+                    if found := health.quick_evaluation(step, fid, best_before, coverage if settled else None):
+                        report_unhealthy(found, ranks)
                     if best is None or fid < best["fid"]:
                         best = {"step": step, "fid": fid, "generator": _cpu_copy(kept)}
                     log.info("step %d: quick FID %.3f (best %.3f at step %d)", step, fid, best["fid"], best["step"])
@@ -339,7 +351,7 @@ def train(
                         checkpoint()
                     checkpointed = step
                 # Every rank stops with rank 0, which alone runs the quick evaluation.
-                if cfg.stop_unhealthy and end_of_epoch and distributed.share(str(health or ""), ranks):
+                if cfg.stop_unhealthy and end_of_epoch and distributed.share(str(health.finding or ""), ranks):
                     log.warning(
                         "step %d: stopping early (train.stop_unhealthy), keeping the best generator so far", step
                     )
@@ -353,14 +365,14 @@ def train(
         chosen = distributed.share_object(best or {"step": step, "fid": None, "generator": _cpu_copy(kept)}, ranks)
         history = history[:step]  # less than the schedule when stopped early
         final = dict(zip(METRICS, history[-1].tolist(), strict=True))
-        finding = distributed.share(str(health or ""), ranks) or None
+        finding = distributed.share(str(health.finding or ""), ranks) or None
         result = TrainResult(
             run_id, step, resumed_from, final, images_per_second, chosen["step"], chosen["fid"], finding
         )
         if ranks.is_node_main:
             save_outputs(paths, params, result, chosen["generator"], _cpu_copy(discriminator), history, fids)
         if ranks.is_main:
-            log_outputs(paths, result, trained, healthy=health is None)
+            log_outputs(paths, result, trained, healthy=health.finding is None)
     if ranks.distributed:
         torch.distributed.destroy_process_group()
     return result
@@ -397,14 +409,13 @@ def log_outputs(paths: Paths, result: TrainResult, trained: int, healthy: bool) 
         mlflow.log_artifact(str(path), artifact_path="weights")
 
 
-def report_unhealthy(finding: Finding, ranks: Ranks) -> Finding:
+def report_unhealthy(finding: Finding, ranks: Ranks) -> None:
     """Say so while the run goes: a warning, and on the MLflow run the tags `health` (the kind, to filter on) and
     `health.evidence`, and the metric `unhealthy` = 1 at the step."""
     if ranks.is_main:
         log.warning("training looks unhealthy: %s", finding)
         mlflow.set_tags({"health": finding.kind, "health.evidence": str(finding)})
         mlflow.log_metric("unhealthy", 1, step=finding.step)
-    return finding
 
 
 def check_finite(values: torch.Tensor, first: int, checkpoint: Path, checkpointed: int) -> None:

@@ -1,6 +1,6 @@
 """Calibration of the evaluation: the metrics must tell real digits, noise and a collapsed generator apart.
 
-Uses tests/fixtures/classifier.safetensors, made by `dcgan classifier` on all of MNIST (see fixtures/README.md).
+Uses tests/fixtures/classifier.safetensors, made by `dcgan classifier` on all of MNIST (see fixtures/mnist/README.md).
 """
 
 import gzip

@@ -123,9 +123,13 @@ def test_resume_continues_the_run_bit_for_bit(tmp_path: Path, prepared: Paths, t
     assert (other.reports / "losses.csv").read_text() == (prepared.reports / "losses.csv").read_text()
 
 
-def test_resume_mid_epoch_after_a_crash(tmp_path: Path, prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("lr_decay_start", [None, 0.25], ids=["constant-lr", "decaying-lr"])
+def test_resume_mid_epoch_after_a_crash(
+    tmp_path: Path, prepared: Paths, tiny, monkeypatch: pytest.MonkeyPatch, lr_decay_start: float | None
+):
     import dcgan.train
 
+    tiny = _with_train(tiny, lr_decay_start=lr_decay_start)
     train(tiny, prepared)
     expected = _weights(prepared)
 
@@ -330,6 +334,24 @@ def test_with_ema_the_average_of_the_generator_is_measured_and_saved(prepared: P
     assert all(torch.equal(saved[k], state["ema"][k]) for k in saved)
     weights = [k for k in saved if k.endswith(".weight")]
     assert not all(torch.equal(saved[k], state["generator"][k]) for k in weights)
+
+
+def test_the_learning_rate_decays_linearly_over_the_last_part_of_the_run(prepared: Paths, tiny):
+    from dcgan.train import learning_rate
+
+    assert [learning_rate(tiny.train, step, 16) for step in (0, 15)] == [tiny.train.lr] * 2  # the seed's: constant
+    decaying = _with_train(tiny, lr_decay_start=0.5, checkpoint_every=100)
+    rates = [learning_rate(decaying.train, step, 16) for step in range(16)]
+    assert rates[:9] == [tiny.train.lr] * 9 and rates[15] == pytest.approx(tiny.train.lr / 8)
+    assert all(a > b for a, b in zip(rates[8:], rates[9:], strict=False))
+    # Both optimizers ran their last step at the last rate.
+    train(decaying, prepared)
+    state = load_checkpoint(checkpoint_path(decaying, prepared))
+    assert {group["lr"] for opt in ("opt_g", "opt_d") for group in state[opt]["param_groups"]} == {rates[15]}
+    # Its length is part of a decaying run's settings: more epochs are another run, not a continuation.
+    longer = _with_train(decaying, epochs=3)
+    assert checkpoint_path(longer, prepared) != checkpoint_path(decaying, prepared)
+    assert checkpoint_path(_with_train(tiny, epochs=3), prepared) == checkpoint_path(tiny, prepared)
 
 
 def test_the_ema_horizon_ramps_up_over_the_warmup():
