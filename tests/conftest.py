@@ -21,6 +21,10 @@ import pytest
 import yaml
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every command it
+# starts: their Ctrl-C (SIGINT) would do nothing. A handler here is reset to the default in each child on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from dcgan.config import Params, Paths, load_params  # noqa: E402
 from dcgan.data import fetch  # noqa: E402
