@@ -304,8 +304,9 @@ def train(
                     order = epoch_order(len(images), params.seed, epoch).to(device)
                 real = images[order[i * cfg.batch_size : (i + 1) * cfg.batch_size][share]]  # B/world x C x S x S
                 z = torch.randn(cfg.batch_size, params.model.z_dim, 1, 1, generator=noise, device=device)[share]
+                rate = learning_rate(cfg, step, total_steps)
                 for group in (*nets.opt_g.param_groups, *nets.opt_d.param_groups):
-                    group["lr"] = learning_rate(cfg, step, total_steps)
+                    group["lr"] = rate
                 pending.append(train_step(nets, real, z, dtype))
                 step += 1
                 if ema:
