@@ -97,8 +97,9 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "the tests need Debian packages: sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; exit 1; fi, true)
 
+# Two workers (pytest-xdist): the suite's end-to-end tests wait on servers and subprocesses half of the time.
 test: lint system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check dcgan flows tests bench
