@@ -97,9 +97,10 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	  else echo "the tests need Debian packages: sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; exit 1; fi, true)
 
-# Two workers (pytest-xdist): the suite's end-to-end tests wait on servers and subprocesses half of the time.
+# Three pytest-xdist workers, even on 2 cores: the end-to-end tests spend much of their time waiting (servers
+# starting, heartbeats, retries); with two workers the suite kept 1.3 of 2 cores busy (docs/benchmarks.md).
 test: lint system-deps
-	$(BIN)/python -m pytest -n 2 --dist worksteal
+	$(BIN)/python -m pytest -n 3 --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check dcgan flows tests bench

@@ -21,6 +21,9 @@ import pytest
 import yaml
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# One thread per torch process: the tiny models gain nothing from more, and the workers (make test) and the
+# commands they start share the machine's cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every command it
 # starts: their Ctrl-C (SIGINT) would do nothing. A handler here is reset to the default in each child on exec.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:

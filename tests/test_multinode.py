@@ -101,7 +101,7 @@ def _training_processes(pid: int) -> list[int]:
 
 
 def test_two_hosts_train_one_run_and_survive_a_killed_process(project: Paths, processes: Processes) -> None:
-    tree = {**TINY, "train": {**TINY["train"], "epochs": 30, "checkpoint_every": 5}}
+    tree = {**TINY, "train": {**TINY["train"], "epochs": 12, "checkpoint_every": 5}}  # 96 steps: the kill at ~10
     params = write_params(project.root, {**tree, "evaluate": {**TINY["evaluate"], "every_epochs": 10}})
     prepare(params, project)
     train_classifier(params, project)
