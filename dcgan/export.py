@@ -9,9 +9,11 @@ models/classifier.safetensors -> models/classifier.onnx (for pages that label sa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,17 +270,35 @@ def register(model: onnx.ModelProto, name: str, params: Params, channels: int) -
         outputs=Schema([TensorSpec(float32, (-1, channels, size, size), "images")]),
     )
     z = np.random.default_rng(params.seed).standard_normal((2, params.model.z_dim, 1, 1), dtype=np.float32)
-    info = mlflow.onnx.log_model(
-        model,
-        name="generator",
-        registered_model_name=name,
-        signature=signature,
-        input_example={"z": z},
-        # Never both onnxruntime and onnxruntime-gpu: they overwrite each other's files.
-        pip_requirements=[f"onnxruntime-gpu=={_version('onnxruntime-gpu')}", f"onnx=={onnx.__version__}", "numpy"],
-        save_as_external_data=False,
-    )
+    with _quiet_cuda_provider():
+        info = mlflow.onnx.log_model(
+            model,
+            name="generator",
+            registered_model_name=name,
+            signature=signature,
+            input_example={"z": z},
+            # Never both onnxruntime and onnxruntime-gpu: they overwrite each other's files.
+            pip_requirements=[f"onnxruntime-gpu=={_version('onnxruntime-gpu')}", f"onnx=={onnx.__version__}", "numpy"],
+            save_as_external_data=False,
+        )
     return str(info.registered_model_version)
+
+
+@contextlib.contextmanager
+def _quiet_cuda_provider() -> Iterator[None]:
+    """MLflow scores the input example on the model loaded with its default providers, CUDA first. Without a CUDA
+    driver onnxruntime-gpu logs that failure as a red error and a warning; MLflow's own warning says it in one line
+    ("Inference will run on CPU"). So on such a machine onnxruntime logs only fatal errors meanwhile."""
+    import onnxruntime as ort
+
+    if torch.cuda.is_available():
+        yield
+        return
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)  # onnxruntime's default, warnings and up
 
 
 def write_cards(name: str, version: str, params: Params, paths: Paths, run_id: str, parity: dict[str, Any]) -> None:
