@@ -14,7 +14,7 @@ PREFECT_PORT ?= 4200
 # e.g. make run OVERRIDES="train.epochs=1 data.train_limit=12800"
 OVERRIDES ?=
 # Named overrides, put before OVERRIDES: `make run PRESET=cpu` (README, "Digits on a CPU budget").
-PRESET_cpu := data.image_size=32 train.epochs=9
+PRESET_cpu := data.image_size=32 train.epochs=9 train.lr=0.0004
 ifneq ($(PRESET),)
 ifeq ($(PRESET_$(PRESET)),)
 $(error PRESET=$(PRESET): no such preset (known: cpu))

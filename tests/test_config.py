@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,13 @@ def test_cli_refuses_bad_params_before_any_work(tmp_path: Path, monkeypatch: pyt
 def _written(root: Path) -> Path:
     write_params(root)
     return root / "params.yaml"
+
+
+def test_the_cpu_preset_is_valid_params_and_the_readme_names_it():
+    """`make run PRESET=cpu` passes the Makefile's PRESET_cpu as -S overrides: each must be a known key."""
+    dry_run = subprocess.run(["make", "-n", "run", "PRESET=cpu"], cwd=REPO, capture_output=True, text=True, check=True)
+    (command,) = [line for line in dry_run.stdout.splitlines() if "flows.run" in line]
+    pairs = command.split("flows.run", 1)[1].replace("-S", " ").split()
+    preset = load_params(REPO / "params.yaml", parse_overrides(pairs))
+    assert (preset.data.image_size, preset.train.epochs, preset.train.lr) == (32, 9, 0.0004)
+    assert f'OVERRIDES="{" ".join(pairs)}"' in (REPO / "README.md").read_text()
