@@ -114,3 +114,13 @@ def test_a_strong_discriminator_in_a_healthy_32x32_run_is_not_taken_for_d_winnin
     found = _replay(recorded, "preset_lr_decay_seed0", default)
     assert found is not None and found.kind == "discriminator_winning" and found.step > 2106  # after the decay began
     assert "is no better than the best before, 45.52" in found.evidence
+
+
+def test_a_real_collapse_is_flagged_before_it_happens():
+    """A real run that fell apart: the CPU preset with `train.lr=0.0004 train.batch_size=64`, seed 0
+    (docs/benchmarks.md). Its quick FID was 41.3-42.6 from step 4,685, then 1,167 at step 7,496 and 1,880 at the end;
+    the monitor, fed as in training, names D winning at step 6,050, as the live run did."""
+    recorded = load_file(FIXTURE_DIR.parent / "losses-32x32.safetensors")
+    found = _replay(recorded, "lr0004_batch64_seed0", TrainParams().health_window)
+    assert found is not None and found.kind == "discriminator_winning" and found.step == 6050
+    assert "the quick FID at step 6559, 41.79, is no better than the best before, 41.31" in found.evidence
