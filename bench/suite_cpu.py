@@ -25,6 +25,11 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if "SUITE_CPU_DIR" not in os.environ:
+        raise pytest.UsageError("-p suite_cpu needs SUITE_CPU_DIR: the folder for its records")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     cpu, wall = _cpu_seconds(), time.monotonic()  # setup, call and teardown of one test
@@ -43,6 +48,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tests = [json.loads(line) for path in sorted(args.dir.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    if not tests:
+        raise SystemExit(f"{args.dir}: no *.jsonl records; run the suite with SUITE_CPU_DIR={args.dir} first")
     tests.sort(key=lambda t: -t["cpu_s"])
     total = sum(t["cpu_s"] for t in tests)
     top = tests[: args.top]
